@@ -1,0 +1,221 @@
+"""Figure creation, saving and label helpers shared by the plot modules.
+
+Figures are built as :class:`matplotlib.figure.Figure` objects, never through
+``pyplot``: nothing is registered in a global figure manager, so nothing has to be
+closed and no display is needed. A figure is garbage once the caller drops it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ndt_store.errors import InputError
+
+DEFAULT_DPI = 100
+"""Resolution of saved raster images (pixels per inch)."""
+
+MAX_TICKS = 30
+"""Most tick labels drawn on a categorical axis; longer axes are thinned evenly."""
+
+_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".jpg": "jpg", ".jpeg": "jpg"}
+
+PathLike = str | Path
+
+
+def new_figure(
+    figsize: tuple[float, float], *, nrows: int = 1, ncols: int = 1, **subplot_kw: Any
+) -> tuple[Figure, np.ndarray]:
+    """Create a pyplot-free figure with a ``nrows`` × ``ncols`` grid of axes.
+
+    Parameters
+    ----------
+    figsize
+        Width and height in inches.
+    nrows, ncols
+        Grid of axes.
+    **subplot_kw
+        Passed to :meth:`Figure.subplots` (``sharex``, ``sharey``...).
+
+    Returns
+    -------
+    (Figure, numpy.ndarray of Axes)
+        The axes array always has shape ``(nrows, ncols)``.
+
+    Examples
+    --------
+    >>> fig, axes = new_figure((4, 3), nrows=1, ncols=2)
+    >>> axes.shape
+    (1, 2)
+    """
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
+    return fig, axes
+
+
+def finish(fig: Figure, path: PathLike | None, *, dpi: int = DEFAULT_DPI) -> Figure:
+    """Save ``fig`` to ``path`` when one is given, and return it.
+
+    The format follows the extension (``.png``, ``.svg``, ``.pdf``, ``.jpg``);
+    a path without an extension is written as PNG. Parent folders are created.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> fig, _ = new_figure((2, 2))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = finish(fig, os.path.join(d, "a.svg"))
+    ...     os.path.exists(os.path.join(d, "a.svg"))
+    True
+    """
+    if path is None:
+        return fig
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix and suffix not in _FORMATS:
+        raise InputError(
+            f"cannot choose an image format from the extension; use one of {sorted(_FORMATS)}",
+            field="path",
+            value=str(path),
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format=_FORMATS.get(suffix, "png"), dpi=dpi)
+    return fig
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """Return ``x`` as a numpy array; torch tensors are detached and moved to the CPU.
+
+    torch is never imported here: a tensor can only exist once torch is loaded, so
+    the check looks torch up in :data:`sys.modules`.
+
+    Examples
+    --------
+    >>> as_numpy([1, 2]).tolist()
+    [1, 2]
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.float()
+        return t.numpy()
+    if isinstance(x, xr.DataArray):
+        return np.asarray(x.values)
+    return np.asarray(x)
+
+
+def as_dataarray(x: Any, dims: Sequence[Hashable], *, what: str) -> xr.DataArray:
+    """Wrap a numpy array or torch tensor in a DataArray with default ``dims``.
+
+    A DataArray passes through unchanged. Raw arrays must have ``len(dims)``
+    dimensions; ``what`` names the argument in the error message.
+
+    Examples
+    --------
+    >>> as_dataarray(np.zeros((2, 3)), ("sample", "feature"), what="act").dims
+    ('sample', 'feature')
+    """
+    if isinstance(x, xr.DataArray):
+        return x
+    if isinstance(x, xr.Dataset):
+        raise InputError(f"{what} must be a DataArray, not a Dataset", field=what)
+    arr = as_numpy(x)
+    if arr.ndim != len(dims):
+        raise InputError(
+            f"{what} must have {len(dims)} dimensions {tuple(dims)}, got shape {arr.shape}",
+            field=what,
+        )
+    return xr.DataArray(arr, dims=tuple(dims))
+
+
+def require_dims(
+    da: xr.DataArray, required: Sequence[Hashable], *, what: str, optional: Sequence[Hashable] = ()
+) -> None:
+    """Raise :class:`InputError` unless ``da`` has all ``required`` and no unknown dims."""
+    missing = [d for d in required if d not in da.dims]
+    extra = [d for d in da.dims if d not in required and d not in optional]
+    if missing or extra:
+        allowed = tuple(required) + tuple(f"[{d}]" for d in optional)
+        hint = " (select them with .sel/.isel first)" if extra else ""
+        raise InputError(
+            f"{what} must have dims {allowed}; missing {missing}, unexpected {extra}{hint}",
+            field=what,
+            value=da.dims,
+        )
+
+
+def fmt(value: Any) -> str:
+    """Format one coordinate value for a label (``0.5`` not ``0.5000001``, no ``np.int64``)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+def labels_of(da: xr.DataArray, dim: Hashable) -> list[str]:
+    """Tick labels for ``dim``: its coordinate values, or positions when it has none."""
+    if dim in da.coords:
+        return [fmt(v) for v in np.asarray(da[dim].values)]
+    return [str(i) for i in range(da.sizes[dim])]
+
+
+def scalar_coords(da: xr.DataArray) -> str:
+    """Describe the scalar coordinates of ``da`` (``"step = 100, layer = fc"``) for a title."""
+    parts = [f"{name} = {fmt(c.values[()])}" for name, c in da.coords.items() if c.ndim == 0]
+    return ", ".join(parts)
+
+
+def with_context(title: str, da: xr.DataArray) -> str:
+    """Append the scalar-coordinate description of ``da`` to ``title`` when there is one."""
+    ctx = scalar_coords(da)
+    return f"{title} ({ctx})" if ctx else title
+
+
+def set_ticks(ax: Axes, axis: str, labels: Sequence[str], *, max_ticks: int = MAX_TICKS) -> None:
+    """Put ``labels`` at integer positions ``0..n-1`` on ``axis`` (``"x"`` or ``"y"``).
+
+    Long axes are thinned to at most ``max_ticks`` evenly spaced labels.
+    """
+    n = len(labels)
+    stride = max(1, int(np.ceil(n / max_ticks)))
+    pos = np.arange(0, n, stride)
+    shown = [labels[i] for i in pos]
+    if axis == "x":
+        ax.set_xticks(pos, shown, rotation=90 if max(map(len, shown), default=0) > 3 else 0)
+    else:
+        ax.set_yticks(pos, shown)
+
+
+def edges(centres: np.ndarray) -> np.ndarray:
+    """Cell edges around (possibly unevenly spaced) numeric ``centres`` for ``pcolormesh``.
+
+    Examples
+    --------
+    >>> edges(np.array([0.0, 10.0, 20.0])).tolist()
+    [-5.0, 5.0, 15.0, 25.0]
+    """
+    c = np.asarray(centres, dtype=float)
+    if c.size == 1:
+        return np.array([c[0] - 0.5, c[0] + 0.5])
+    mid = (c[1:] + c[:-1]) / 2
+    return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+
+
+def numeric_coord(da: xr.DataArray, dim: Hashable) -> np.ndarray:
+    """Values of ``dim`` as floats when numeric, else positions ``0..n-1``."""
+    if dim in da.coords:
+        v = np.asarray(da[dim].values)
+        if np.issubdtype(v.dtype, np.number):
+            return v.astype(float)
+    return np.arange(da.sizes[dim], dtype=float)

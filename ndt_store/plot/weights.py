@@ -1,0 +1,242 @@
+"""Weight figures: convolution filter grids and per-parameter change bars."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+
+from ndt_store._dims import FEATURE, PARAMETER
+from ndt_store.errors import InputError
+from ndt_store.plot._common import (
+    DEFAULT_DPI,
+    PathLike,
+    as_numpy,
+    finish,
+    labels_of,
+    new_figure,
+    set_ticks,
+    with_context,
+)
+
+ChannelMode = Literal["auto", "rgb", "mean", "all"]
+
+
+def _filters(weights: Any) -> xr.DataArray:
+    """Weights as a DataArray ``(out, in, y, x)``; a 3-D ``(out, y, x)`` gets a unit ``in``."""
+    if isinstance(weights, xr.DataArray):
+        da = weights
+    else:
+        arr = as_numpy(weights)
+        da = xr.DataArray(arr)
+        if arr.ndim >= 1:
+            da = da.rename({da.dims[0]: FEATURE})
+    if da.ndim == 3:
+        da = da.expand_dims(_in_dim(da), axis=1)
+    if da.ndim != 4:
+        raise InputError(
+            "filters must be 4-D [out, in, height, width] (or 3-D [out, height, width])",
+            field="weights",
+            value=tuple(da.shape),
+        )
+    return da
+
+
+def _in_dim(da: xr.DataArray) -> str:
+    name = f"{da.dims[0]}_in"
+    return name if name not in da.dims else f"{name}_"
+
+
+def filter_grid(
+    weights: Any,
+    *,
+    num_filters: int = 16,
+    channels: ChannelMode = "auto",
+    path: PathLike | None = None,
+    dpi: int = DEFAULT_DPI,
+) -> Figure:
+    """Grid of convolution filters ``[out, in, height, width]``, one panel per output filter.
+
+    Parameters
+    ----------
+    weights
+        DataArray or raw array, dims taken by position: output filter, input channel,
+        height, width. A 3-D array is one input channel. The first dim's name and
+        coordinate values title the panels.
+    num_filters
+        Show the first ``num_filters`` output filters.
+    channels
+        How input channels are shown. ``"auto"``: one channel as is; three as an RGB
+        colour image; otherwise their mean. ``"rgb"`` requires three channels (each
+        filter min-max scaled to [0, 1]); ``"mean"`` averages channels; ``"all"``
+        draws one row of panels per filter, one panel per input channel (at most 8).
+    path, dpi
+        Save here (format by extension, PNG when none) and still return the figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Single-channel panels share one symmetric diverging colour scale.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = np.random.default_rng(0).normal(size=(4, 3, 5, 5))
+    >>> fig = filter_grid(w)  # 3 input channels: drawn as RGB
+    >>> fig.axes[0].get_title()
+    'feature 0'
+    """
+    da = _filters(weights)
+    out_dim, in_dim = da.dims[0], da.dims[1]
+    n_in = da.sizes[in_dim]
+    mode = channels
+    if mode == "auto":
+        mode = "rgb" if n_in == 3 else ("all" if n_in == 1 else "mean")
+    if mode == "rgb" and n_in != 3:
+        raise InputError("channels='rgb' needs 3 input channels", field="weights", value=n_in)
+    if mode not in ("rgb", "mean", "all"):
+        raise InputError("unknown channel mode", field="channels", value=channels)
+    n = min(int(num_filters), da.sizes[out_dim])
+    if n < 1:
+        raise InputError("no filters to show", field="num_filters", value=num_filters)
+    shown = da.isel({out_dim: slice(0, n)})
+    values = np.asarray(shown.values, dtype=float)  # (n, in, h, w)
+    names = labels_of(shown, out_dim)
+
+    if mode == "all":
+        n_ch = min(n_in, 8)
+        values = values[:, :n_ch]
+        ncols, nrows = n_ch, n
+        panels = [(i, c) for i in range(n) for c in range(n_ch)]
+        if n_ch == 1:  # a single channel: lay filters out on a square grid instead
+            ncols = int(np.ceil(np.sqrt(n)))
+            nrows = int(np.ceil(n / ncols))
+            panels = [(i, 0) for i in range(n)]
+    else:
+        ncols = int(np.ceil(np.sqrt(n)))
+        nrows = int(np.ceil(n / ncols))
+        panels = [(i, None) for i in range(n)]
+
+    size = 1.6
+    fig, axes = new_figure((size * ncols + 1.2, size * nrows + 0.6), nrows=nrows, ncols=ncols)
+    flat = axes.ravel()
+    lim = float(np.nanmax(np.abs(values))) or 1.0
+    im = None
+    for ax, (i, c) in zip(flat, panels, strict=False):
+        if mode == "rgb":
+            img = np.moveaxis(values[i], 0, -1)
+            lo, hi = np.nanmin(img), np.nanmax(img)
+            ax.imshow((img - lo) / (hi - lo) if hi > lo else np.zeros_like(img))
+        else:
+            img = values[i].mean(axis=0) if mode == "mean" else values[i, c]
+            im = ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        title = f"{out_dim} {names[i]}"
+        if c is not None and mode == "all" and values.shape[1] > 1:
+            title += f", {in_dim} {c}"
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in flat[len(panels) :]:
+        ax.set_axis_off()
+    how = {
+        "rgb": "input channels as RGB, each filter scaled to [0, 1]",
+        "mean": f"mean over {n_in} input channels",
+        "all": f"{in_dim} shown separately" if n_in > 1 else "single input channel",
+    }[mode]
+    if mode == "all" and n_in > 8:
+        how += f" (first 8 of {n_in})"
+    fig.suptitle(with_context(f"Filters ({how})", da), fontsize=10)
+    if im is not None:
+        fig.colorbar(im, ax=axes, label="weight", shrink=0.8)
+    return finish(fig, path, dpi=dpi)
+
+
+def _changes(changes: Any) -> xr.DataArray | dict[str, xr.DataArray]:
+    if isinstance(changes, xr.DataArray):
+        return changes
+    if isinstance(changes, Mapping):
+        if not changes:
+            raise InputError("no parameters to plot", field="changes", value=changes)
+        first = next(iter(changes.values()))
+        names = [str(k) for k in changes]
+        if isinstance(first, Mapping):
+            quantities = list(first)
+            return {
+                str(q): xr.DataArray(
+                    np.array([float(changes[k][q]) for k in changes]),
+                    dims=(PARAMETER,),
+                    coords={PARAMETER: names},
+                    name=str(q),
+                )
+                for q in quantities
+            }
+        vals = np.array([float(as_numpy(v)) for v in changes.values()])
+        return xr.DataArray(vals, dims=(PARAMETER,), coords={PARAMETER: names})
+    da = xr.DataArray(as_numpy(changes))
+    return da.rename({da.dims[0]: PARAMETER}) if da.ndim else da
+
+
+def weight_change_bars(
+    changes: Any,
+    *,
+    ylabel: str | None = None,
+    path: PathLike | None = None,
+    dpi: int = DEFAULT_DPI,
+) -> Figure:
+    """Bar chart of a per-parameter weight change.
+
+    Parameters
+    ----------
+    changes
+        DataArray over ``parameter`` (bars labeled by its coordinate), optionally with
+        one more dim drawn as grouped bars; a ``{name: value}`` dict; or a
+        ``{name: {quantity: value}}`` dict (as returned per parameter by the legacy
+        weight-change measure), drawn as one panel per quantity, each on its own scale.
+    ylabel
+        y-axis label; default the array's name.
+    path, dpi
+        Save here (format by extension, PNG when none) and still return the figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = weight_change_bars({"fc.weight": 0.5, "fc.bias": 0.1})
+    >>> [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    ['fc.weight', 'fc.bias']
+    """
+    data = _changes(changes)
+    panels = data if isinstance(data, dict) else {data.name or "": data}
+    for q, da in panels.items():
+        if PARAMETER not in da.dims or da.ndim > 2:
+            raise InputError(
+                f"changes must have dims ({PARAMETER!r},) or ({PARAMETER!r}, <one more>)",
+                field=f"changes[{q!r}]" if q else "changes",
+                value=da.dims,
+            )
+    n_par = next(iter(panels.values())).sizes[PARAMETER]
+    width = max(5.0, 0.45 * n_par + 2.0)
+    fig, axes = new_figure((width, 3.6 * len(panels)), nrows=len(panels), ncols=1)
+    for ax, (q, da) in zip(axes[:, 0], panels.items(), strict=True):
+        group = next((d for d in da.dims if d != PARAMETER), None)
+        da = da.transpose(PARAMETER, ...)
+        values = np.asarray(da.values, dtype=float)
+        x = np.arange(da.sizes[PARAMETER])
+        if group is None:
+            ax.bar(x, values, color="tab:blue")
+        else:
+            k = da.sizes[group]
+            w = 0.8 / k
+            for j, lab in enumerate(labels_of(da, group)):
+                ax.bar(x - 0.4 + w * (j + 0.5), values[:, j], width=w, label=f"{group} {lab}")
+            ax.legend(fontsize=8)
+        set_ticks(ax, "x", labels_of(da, PARAMETER), max_ticks=60)
+        ax.set_ylabel(ylabel or str(da.name or q or "change"))
+        ax.set_title(with_context(f"Weight change per {PARAMETER}", da), fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    return finish(fig, path, dpi=dpi)
