@@ -1,0 +1,97 @@
+"""Attention kernels on raw arrays: softmax and row entropy.
+
+Inputs and outputs are numpy arrays; nothing here knows about labels or dask.
+The entropy kernel works through the rows in cache-sized blocks with in-place
+operations, so it makes no full-size temporaries (the naive
+``-(p * np.log(p)).sum(-1)`` allocates two).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["entropy", "float_dtype", "softmax"]
+
+_BLOCK_BYTES = 256 * 1024
+"""Bytes of one working block (fits a core's L2 cache)."""
+
+
+def float_dtype(dtype: npt.DTypeLike) -> np.dtype:
+    """Floating dtype a kernel computes in: float32 and float64 are kept, others widen.
+
+    Examples
+    --------
+    >>> float_dtype(np.float32), float_dtype(np.int64)
+    (dtype('float32'), dtype('float64'))
+    """
+    return np.result_type(dtype, np.float32)
+
+
+def softmax(x: npt.ArrayLike, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax along ``axis``.
+
+    Examples
+    --------
+    >>> softmax(np.zeros((1, 4))).tolist()
+    [[0.25, 0.25, 0.25, 0.25]]
+    """
+    a = np.asarray(x)
+    a = a.astype(float_dtype(a.dtype), copy=True)
+    a -= np.max(a, axis=axis, keepdims=True)
+    np.exp(a, out=a)
+    a /= np.sum(a, axis=axis, keepdims=True)
+    return a
+
+
+def entropy(p: npt.ArrayLike, axis: int = -1, *, from_logits: bool = False) -> np.ndarray:
+    """Shannon entropy (natural log) of every row of ``p`` along ``axis``.
+
+    ``p`` holds probabilities (each row sums to one); ``0 * log 0`` counts as 0,
+    so a one-hot row has entropy 0 and a uniform row over ``k`` entries ``ln k``.
+    NaN in a row gives NaN. With ``from_logits=True`` a softmax is applied first.
+
+    Parameters
+    ----------
+    p
+        Probabilities (or logits with ``from_logits=True``), any shape.
+    axis
+        Axis that each distribution lies along; it is removed from the result.
+    from_logits
+        Apply a softmax along ``axis`` before taking the entropy.
+
+    Returns
+    -------
+    numpy.ndarray
+        Entropies in nats, shape of ``p`` without ``axis``; float32 input stays
+        float32, anything else is computed in float64.
+
+    Examples
+    --------
+    >>> entropy(np.array([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]])).round(6).tolist()
+    [1.386294, 0.0]
+    """
+    a = np.asarray(p)
+    if from_logits:
+        a = softmax(a, axis=axis)
+    a = np.moveaxis(a, axis, -1)
+    dtype = float_dtype(a.dtype)
+    lead, k = a.shape[:-1], a.shape[-1]
+    rows = a.reshape(-1, k)
+    n = rows.shape[0]
+    out = np.zeros(n, dtype=dtype)
+    if n == 0 or k == 0:
+        return out.reshape(lead)
+    block = max(1, _BLOCK_BYTES // (k * dtype.itemsize))
+    work = np.empty((min(block, n), k), dtype=dtype)
+    tiny = np.finfo(dtype).tiny
+    for start in range(0, n, block):
+        rows_blk = rows[start : start + block]
+        t = work[: rows_blk.shape[0]]
+        # max(p, tiny) keeps log finite, so p == 0 contributes 0 * log(tiny) == 0.
+        np.maximum(rows_blk, tiny, out=t)
+        np.log(t, out=t)
+        np.multiply(t, rows_blk, out=t)
+        np.sum(t, axis=-1, out=out[start : start + rows_blk.shape[0]])
+    np.subtract(0.0, out, out=out)  # 0 - x, not -x: a one-hot row gives +0.0
+    return out.reshape(lead)

@@ -1,0 +1,158 @@
+"""Phase 1 dimensionality kernels: the study's four metrics from singular values.
+
+Definitions follow the Phase 1 code of the public ``ndt`` project (Neural
+Dimensionality Tracker, Javier Marin, MIT licence), applied to the uncentered
+``samples × features`` activation matrix ``A`` with singular values
+``σ1 ≥ σ2 ≥ … ≥ σr`` (``r = min(samples, features)``) and ``eps = 1e-10``:
+
+* stable rank ``‖A‖_F² / (‖A‖_2² + eps)``, 0 when ``σ1 < eps``;
+* participation ratio ``(Σ(σi + eps))² / (Σ(σi + eps)² + eps)`` (on singular
+  values, not on their squares);
+* effective rank 90: ``1 + #{k : Σ_{i≤k} σi² / Σ σi² < 0.9}``, capped at ``r``,
+  0 when ``Σ σi² < 1e-10``;
+* nuclear norm ratio ``Σ σi / (σ1 + eps)``, 0 when ``σ1 < eps``.
+
+All four are 0 for an empty matrix. Everything is batched over leading axes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "EPS",
+    "dimensionality_metrics",
+    "effective_rank",
+    "flatten_features",
+    "nuclear_norm_ratio",
+    "participation_ratio",
+    "singular_values",
+    "stable_rank",
+]
+
+EPS = 1e-10
+"""The study's regularizer and zero threshold."""
+
+
+def flatten_features(x: npt.ArrayLike, n_feature_axes: int = 1) -> np.ndarray:
+    """Merge the last ``n_feature_axes`` axes into one: ``(..., n, f1, f2) -> (..., n, f1*f2)``.
+
+    Examples
+    --------
+    >>> flatten_features(np.zeros((3, 4, 2, 5)), 2).shape
+    (3, 4, 10)
+    """
+    a = np.asarray(x)
+    if n_feature_axes == 1:
+        return a
+    keep = a.ndim - n_feature_axes
+    return a.reshape((*a.shape[:keep], -1))
+
+
+def singular_values(x: npt.ArrayLike) -> np.ndarray:
+    """Singular values (descending, float64) of every matrix in a ``(..., n, m)`` stack.
+
+    Examples
+    --------
+    >>> singular_values(np.diag([1.0, 3.0, 2.0])).tolist()
+    [3.0, 2.0, 1.0]
+    """
+    a = np.asarray(x, dtype=np.float64)
+    if a.shape[-1] == 0 or a.shape[-2] == 0:
+        return np.zeros((*a.shape[:-2], 0))
+    return np.linalg.svd(a, compute_uv=False)
+
+
+def stable_rank(s: npt.ArrayLike, eps: float = EPS) -> np.ndarray:
+    """Stable rank from descending singular values ``s`` (last axis).
+
+    Examples
+    --------
+    >>> float(stable_rank(np.array([2.0, 2.0, 0.0])).round(6))
+    2.0
+    """
+    s = np.asarray(s, dtype=np.float64)
+    if s.shape[-1] == 0:
+        return np.zeros(s.shape[:-1])
+    top = s[..., 0]
+    out = np.sum(np.square(s), axis=-1) / (np.square(top) + eps)
+    return np.where(top < eps, 0.0, out)
+
+
+def participation_ratio(s: npt.ArrayLike, eps: float = EPS) -> np.ndarray:
+    """Participation ratio ``(Σ(σ+eps))² / (Σ(σ+eps)² + eps)`` of singular values ``s``.
+
+    Examples
+    --------
+    >>> float(participation_ratio(np.array([1.0, 1.0, 1.0, 1.0])).round(6))
+    4.0
+    """
+    s = np.asarray(s, dtype=np.float64) + eps
+    if s.shape[-1] == 0:
+        return np.zeros(s.shape[:-1])
+    return np.square(np.sum(s, axis=-1)) / (np.sum(np.square(s), axis=-1) + eps)
+
+
+def effective_rank(s: npt.ArrayLike, fraction: float = 0.9, eps: float = EPS) -> np.ndarray:
+    """Components needed for ``fraction`` of ``Σσ²``: ``1 + #{k: cum_k/total < fraction}``.
+
+    Capped at the number of singular values; 0 where ``Σσ² < eps``. Returned as float.
+
+    Examples
+    --------
+    >>> effective_rank(np.array([[3.0, 1.0, 0.0], [1.0, 1.0, 1.0]])).tolist()
+    [1.0, 3.0]
+    """
+    s = np.asarray(s, dtype=np.float64)
+    r = s.shape[-1]
+    if r == 0:
+        return np.zeros(s.shape[:-1])
+    var = np.square(s)
+    cum = np.cumsum(var, axis=-1)
+    total = cum[..., -1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        below = np.sum(cum / total < fraction, axis=-1)
+    out = np.minimum(below + 1, r).astype(np.float64)
+    return np.where(total[..., 0] < eps, 0.0, out)
+
+
+def nuclear_norm_ratio(s: npt.ArrayLike, eps: float = EPS) -> np.ndarray:
+    """Nuclear norm over spectral norm, ``Σσ / (σ1 + eps)``; 0 where ``σ1 < eps``.
+
+    Examples
+    --------
+    >>> float(nuclear_norm_ratio(np.array([2.0, 1.0, 1.0])).round(6))
+    2.0
+    """
+    s = np.asarray(s, dtype=np.float64)
+    if s.shape[-1] == 0:
+        return np.zeros(s.shape[:-1])
+    top = s[..., 0]
+    out = np.sum(s, axis=-1) / (top + eps)
+    return np.where(top < eps, 0.0, out)
+
+
+def dimensionality_metrics(
+    x: npt.ArrayLike, n_feature_axes: int = 1, eps: float = EPS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four metrics of every ``(..., n, features...)`` matrix from one batched SVD.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(stable_rank, participation_ratio, effective_rank_90, nuclear_norm_ratio)``,
+        each of the leading shape.
+
+    Examples
+    --------
+    >>> [round(float(v), 6) for v in dimensionality_metrics(np.eye(4))]
+    [4.0, 4.0, 4.0, 4.0]
+    """
+    s = singular_values(flatten_features(x, n_feature_axes))
+    return (
+        stable_rank(s, eps),
+        participation_ratio(s, eps),
+        effective_rank(s, 0.9, eps),
+        nuclear_norm_ratio(s, eps),
+    )

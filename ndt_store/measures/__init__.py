@@ -1,0 +1,1 @@
+"""Labeled measurements: xarray in, named xarray out; reduced dims named, others kept."""
