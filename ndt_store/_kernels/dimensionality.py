@@ -5,7 +5,8 @@ Dimensionality Tracker, Javier Marin, MIT licence), applied to the uncentered
 ``samples × features`` activation matrix ``A`` with singular values
 ``σ1 ≥ σ2 ≥ … ≥ σr`` (``r = min(samples, features)``) and ``eps = 1e-10``:
 
-* stable rank ``‖A‖_F² / (‖A‖_2² + eps)``, 0 when ``σ1 < eps``;
+* stable rank ``‖A‖_F² / (‖A‖_2² + eps)``, 0 when ``σ1 < eps`` (the documented
+  definition; the published values differ, see :func:`stable_rank`);
 * participation ratio ``(Σ(σi + eps))² / (Σ(σi + eps)² + eps)`` (on singular
   values, not on their squares);
 * effective rank 90: ``1 + #{k : Σ_{i≤k} σi² / Σ σi² < 0.9}``, capped at ``r``,
@@ -64,20 +65,28 @@ def singular_values(x: npt.ArrayLike) -> np.ndarray:
     return np.linalg.svd(a, compute_uv=False)
 
 
-def stable_rank(s: npt.ArrayLike, eps: float = EPS) -> np.ndarray:
-    """Stable rank from descending singular values ``s`` (last axis).
+def stable_rank(s: npt.ArrayLike, eps: float = EPS, as_published: bool = False) -> np.ndarray:
+    """Stable rank ``Σσ² / (σ1² + eps)`` from descending singular values ``s`` (last axis).
+
+    0 where ``σ1 < eps``. With ``as_published=True`` the spectral norm is replaced by
+    the Frobenius norm, as in the study's code (``torch.norm(A, p=2)`` of a matrix
+    is its Frobenius norm), which reproduces the published Phase 1 values:
+    ``‖A‖_F² / (‖A‖_F² + eps)``, 1 up to ``eps`` for any non-zero matrix.
 
     Examples
     --------
     >>> float(stable_rank(np.array([2.0, 2.0, 0.0])).round(6))
     2.0
+    >>> float(stable_rank(np.array([2.0, 2.0, 0.0]), as_published=True).round(6))
+    1.0
     """
     s = np.asarray(s, dtype=np.float64)
     if s.shape[-1] == 0:
         return np.zeros(s.shape[:-1])
-    top = s[..., 0]
-    out = np.sum(np.square(s), axis=-1) / (np.square(top) + eps)
-    return np.where(top < eps, 0.0, out)
+    fro2 = np.sum(np.square(s), axis=-1)
+    top2 = fro2 if as_published else np.square(s[..., 0])
+    out = fro2 / (top2 + eps)
+    return np.where(np.sqrt(top2) < eps, 0.0, out)
 
 
 def participation_ratio(s: npt.ArrayLike, eps: float = EPS) -> np.ndarray:
@@ -134,9 +143,11 @@ def nuclear_norm_ratio(s: npt.ArrayLike, eps: float = EPS) -> np.ndarray:
 
 
 def dimensionality_metrics(
-    x: npt.ArrayLike, n_feature_axes: int = 1, eps: float = EPS
+    x: npt.ArrayLike, n_feature_axes: int = 1, eps: float = EPS, as_published: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The four metrics of every ``(..., n, features...)`` matrix from one batched SVD.
+
+    ``as_published`` is passed to :func:`stable_rank`.
 
     Returns
     -------
@@ -151,7 +162,7 @@ def dimensionality_metrics(
     """
     s = singular_values(flatten_features(x, n_feature_axes))
     return (
-        stable_rank(s, eps),
+        stable_rank(s, eps, as_published),
         participation_ratio(s, eps),
         effective_rank(s, 0.9, eps),
         nuclear_norm_ratio(s, eps),

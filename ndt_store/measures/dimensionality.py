@@ -41,12 +41,15 @@ _LONG_NAMES = {
 }
 
 
-def _metric_kernel(x: np.ndarray, n_feature_axes: int, name: str, eps: float) -> np.ndarray:
+def _metric_kernel(
+    x: np.ndarray, n_feature_axes: int, name: str, eps: float, as_published: bool
+) -> np.ndarray:
     s = _k.singular_values(_k.flatten_features(x, n_feature_axes))
     if name == EFFECTIVE_RANK_90:
         return _k.effective_rank(s, 0.9, eps)
+    if name == STABLE_RANK:
+        return _k.stable_rank(s, eps, as_published)
     fn = {
-        STABLE_RANK: _k.stable_rank,
         PARTICIPATION_RATIO: _k.participation_ratio,
         NUCLEAR_NORM_RATIO: _k.nuclear_norm_ratio,
     }[name]
@@ -64,30 +67,45 @@ def _core_dims(act: xr.DataArray, sample_dim: Hashable, feature_dims: Dims) -> t
     return fdims
 
 
-def _attrs(name: str, sample_dim: Hashable, fdims: tuple[Hashable, ...], eps: float) -> dict:
-    return {
+def _attrs(
+    name: str, sample_dim: Hashable, fdims: tuple[Hashable, ...], eps: float, published: bool
+) -> dict:
+    attrs = {
         "long_name": _LONG_NAMES[name],
         "units": "1",
         "reduced_dims": ", ".join(map(str, (sample_dim, *fdims))),
         "eps": eps,
         "definition": "ndt Phase 1 (DimensionalityEstimator), uncentered activations",
     }
+    if name == STABLE_RANK:
+        attrs["as_published"] = str(published)
+    return attrs
 
 
 def _one(
-    name: str, act: xr.DataArray, sample_dim: Hashable, feature_dims: Dims, eps: float
+    name: str,
+    act: xr.DataArray,
+    sample_dim: Hashable,
+    feature_dims: Dims,
+    eps: float,
+    as_published: bool = False,
 ) -> xr.DataArray:
     fdims = _core_dims(act, sample_dim, feature_dims)
     out = xr.apply_ufunc(
         _metric_kernel,
         act,
         input_core_dims=[[sample_dim, *fdims]],
-        kwargs={"n_feature_axes": len(fdims), "name": name, "eps": eps},
+        kwargs={
+            "n_feature_axes": len(fdims),
+            "name": name,
+            "eps": eps,
+            "as_published": as_published,
+        },
         dask="parallelized",
         output_dtypes=[np.float64],
         dask_gufunc_kwargs={"allow_rechunk": True},
     )
-    return out.rename(name).assign_attrs(_attrs(name, sample_dim, fdims, eps))
+    return out.rename(name).assign_attrs(_attrs(name, sample_dim, fdims, eps, as_published))
 
 
 def stable_rank(
@@ -96,6 +114,7 @@ def stable_rank(
     sample_dim: Hashable = SAMPLE,
     feature_dims: Dims = None,
     eps: float = _k.EPS,
+    as_published: bool = False,
 ) -> xr.DataArray:
     """Stable rank ``‖A‖_F² / (‖A‖_2² + eps)`` of each ``sample × feature`` matrix.
 
@@ -111,6 +130,10 @@ def stable_rank(
         ``sample_dim``.
     eps
         The study's regularizer (``1e-10``).
+    as_published
+        Reproduce the published Phase 1 values instead: the study's code divided by
+        ``torch.norm(A, p=2)``, which for a matrix is the *Frobenius* norm, so its
+        stable rank is ``‖A‖_F² / (‖A‖_F² + eps)``, i.e. 1 for any non-zero matrix.
 
     Returns
     -------
@@ -123,7 +146,7 @@ def stable_rank(
     >>> float(stable_rank(a).round(6))  # (4 + 1 + 1) / 4
     1.5
     """
-    return _one(STABLE_RANK, act, sample_dim, feature_dims, eps)
+    return _one(STABLE_RANK, act, sample_dim, feature_dims, eps, as_published)
 
 
 def participation_ratio(
@@ -192,10 +215,11 @@ def dimensionality_metrics(
     sample_dim: Hashable = SAMPLE,
     feature_dims: Dims = None,
     eps: float = _k.EPS,
+    as_published: bool = False,
 ) -> xr.Dataset:
     """All four Phase 1 metrics from one batched SVD per matrix.
 
-    Parameters as in :func:`stable_rank`.
+    Parameters as in :func:`stable_rank` (``as_published`` affects only ``stable_rank``).
 
     Returns
     -------
@@ -216,14 +240,14 @@ def dimensionality_metrics(
         act,
         input_core_dims=[[sample_dim, *fdims]],
         output_core_dims=[[]] * len(PHASE1_METRICS),
-        kwargs={"n_feature_axes": len(fdims), "eps": eps},
+        kwargs={"n_feature_axes": len(fdims), "eps": eps, "as_published": as_published},
         dask="parallelized",
         output_dtypes=[np.float64] * len(PHASE1_METRICS),
         dask_gufunc_kwargs={"allow_rechunk": True},
     )
     return xr.Dataset(
         {
-            name: out.rename(name).assign_attrs(_attrs(name, sample_dim, fdims, eps))
+            name: out.rename(name).assign_attrs(_attrs(name, sample_dim, fdims, eps, as_published))
             for name, out in zip(PHASE1_METRICS, outs, strict=True)
         }
     ).assign_attrs(description="Phase 1 dimensionality metrics")
