@@ -1,0 +1,182 @@
+"""The cross-experiment Phase 1 view, materialised as a derived cache.
+
+Per-experiment groups are the source of truth (each commits on its own, so
+concurrent writers of different experiments never touch the same chunks). For
+fast cross-experiment queries the store keeps a *derived* copy of all Phase 1
+series as arrays over ``(experiment, step, layer)`` under ``_cache/``, tagged
+with the revision of every experiment it was built from. It is rebuilt (in
+bounded-memory blocks of experiments) whenever any revision differs, written
+under a fresh name and switched to with one atomic metadata write, so a crash
+while rebuilding never breaks the view. A read-only store with a stale cache
+builds the view in memory instead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from ndt_store import _dims as D
+from ndt_store._frame import COMPRESSORS
+
+if TYPE_CHECKING:
+    from ndt_store.store import Store
+
+CACHE = "_cache"
+CATALOG_ATTR = "phase1_catalog"
+_BLOCK_BYTES = 64 << 20
+_CHUNK_BYTES = 4 << 20
+_VARS = (*D.PHASE1_METRICS, D.LOSS, D.GRAD_NORM, D.EPOCH)
+
+
+def _revisions(store: Store) -> dict[str, str]:
+    return {name: e["revision"] for name, e in store._list_entries().items()}
+
+
+def _layout(store: Store) -> tuple[list[str], np.ndarray, list[str]]:
+    """Experiments, union of steps (sorted) and union of layers (first seen)."""
+    names = store.experiments()
+    steps: set[int] = set()
+    layers: dict[str, None] = {}
+    for name in names:
+        arrays = store._phase1_numpy(name)
+        steps.update(int(s) for s in arrays[D.STEP])
+        for layer in arrays[D.LAYER]:
+            layers.setdefault(str(layer), None)
+    return names, np.asarray(sorted(steps), dtype=np.int64), list(layers)
+
+
+def _fill_block(
+    store: Store, names: list[str], steps: np.ndarray, layer_index: dict[str, int]
+) -> dict[str, np.ndarray]:
+    n_l = len(layer_index)
+    block = {v: np.full((len(names), steps.size, n_l), np.nan) for v in D.PHASE1_METRICS}
+    for v in (D.LOSS, D.GRAD_NORM, D.EPOCH):
+        block[v] = np.full((len(names), steps.size), np.nan)
+    for e, name in enumerate(names):
+        arrays = store._phase1_numpy(name)
+        si = np.searchsorted(steps, arrays[D.STEP])
+        li = np.asarray([layer_index[str(x)] for x in arrays[D.LAYER]], dtype=np.int64)
+        for k, m in enumerate(D.PHASE1_METRICS):
+            block[m][e][np.ix_(si, li)] = arrays["metrics"][:, :, k]
+        for v in (D.LOSS, D.GRAD_NORM, D.EPOCH):
+            block[v][e, si] = arrays[v]
+    return block
+
+
+def _metadata_coords(store: Store, names: list[str]) -> dict[str, Any]:
+    coords: dict[str, Any] = {}
+    metas = [store.metadata(n) for n in names]
+    for field in D.METADATA_FIELDS:
+        values = [m.get(field) for m in metas]
+        if all(v is None for v in values):
+            continue
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in values):
+            coords[field] = (D.EXPERIMENT, np.asarray([np.nan if v is None else v for v in values]))
+        else:
+            coords[field] = (D.EXPERIMENT, np.asarray(["" if v is None else str(v) for v in values]))
+    return coords
+
+
+def _block_size(n_steps: int, n_layers: int) -> int:
+    per_exp = max(1, n_steps * max(n_layers, 1) * 8 * len(D.PHASE1_METRICS))
+    return max(1, min(4096, _BLOCK_BYTES // per_exp))
+
+
+def _in_memory(store: Store) -> xr.Dataset:
+    names, steps, layers = _layout(store)
+    block = _fill_block(store, names, steps, {n: i for i, n in enumerate(layers)})
+    return _assemble(store, names, steps, layers, block)
+
+
+def _assemble(
+    store: Store, names: list[str], steps: np.ndarray, layers: list[str], data: dict[str, Any]
+) -> xr.Dataset:
+    data_vars = {
+        v: ((D.EXPERIMENT, D.STEP, D.LAYER), data[v]) for v in D.PHASE1_METRICS
+    } | {v: ((D.EXPERIMENT, D.STEP), data[v]) for v in (D.LOSS, D.GRAD_NORM, D.EPOCH)}
+    coords = {
+        D.EXPERIMENT: np.asarray(names, dtype=str),
+        D.STEP: steps,
+        D.LAYER: np.asarray(layers, dtype=str),
+        **_metadata_coords(store, names),
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs={"source": store.location})
+
+
+def rebuild(store: Store) -> str:
+    """Write a fresh catalog for the current experiments; returns its group name."""
+    revisions = _revisions(store)
+    names, steps, layers = _layout(store)
+    cache = store._root.require_group(CACHE)
+    name = f"phase1-{uuid.uuid4().hex[:12]}"
+    grp = cache.create_group(name)
+    n_e, n_s, n_l = len(names), steps.size, len(layers)
+    e_chunk = max(1, min(n_e, 1024))
+    s_chunk = max(1, min(n_s, _CHUNK_BYTES // max(1, e_chunk * max(n_l, 1) * 8)))
+    arrays: dict[str, zarr.Array] = {}
+    for v in _VARS:
+        three = v in D.PHASE1_METRICS
+        shape = (n_e, n_s, n_l) if three else (n_e, n_s)
+        chunks = (e_chunk, s_chunk, max(n_l, 1)) if three else (e_chunk, max(1, n_s))
+        dims = (D.EXPERIMENT, D.STEP, D.LAYER) if three else (D.EXPERIMENT, D.STEP)
+        arrays[v] = grp.create_array(
+            v, shape=shape, dtype="f8", chunks=tuple(max(1, c) for c in chunks),
+            dimension_names=dims, fill_value=np.nan, compressors=COMPRESSORS,
+        )
+    for coord, values, dim in (
+        (D.EXPERIMENT, np.asarray(names, dtype=str), D.EXPERIMENT),
+        (D.STEP, steps, D.STEP),
+        (D.LAYER, np.asarray(layers, dtype=str), D.LAYER),
+    ):
+        arr = grp.create_array(
+            coord, shape=values.shape, dtype=str if values.dtype.kind in "UT" else values.dtype,
+            dimension_names=(dim,), chunks=values.shape if values.size else None,
+        )
+        if values.size:
+            arr[...] = values
+    block = _block_size(n_s, n_l)
+    block = max(e_chunk, (block // e_chunk) * e_chunk) if n_e > e_chunk else n_e
+    layer_index = {n: i for i, n in enumerate(layers)}
+    for start in range(0, n_e, max(block, 1)):
+        chunk_names = names[start : start + block]
+        filled = _fill_block(store, chunk_names, steps, layer_index)
+        for v, values in filled.items():
+            arrays[v][start : start + len(chunk_names)] = values
+    grp.attrs.update({"revisions": revisions})
+    old = cache.attrs.get(CATALOG_ATTR, {}).get("group")
+    cache.attrs.update({CATALOG_ATTR: {"group": name, "revisions": revisions}})
+    if old and old in cache:
+        try:
+            cache.__delitem__(old)
+        except (OSError, KeyError):  # pragma: no cover - a concurrent reader/remover
+            pass
+    return name
+
+
+def catalog_dataset(store: Store) -> xr.Dataset:
+    """The lazy cross-experiment dataset, rebuilding the cache when stale."""
+    import dask.array as da
+
+    revisions = _revisions(store)
+    cache = store._root.get(CACHE)
+    info = cache.attrs.get(CATALOG_ATTR) if isinstance(cache, zarr.Group) else None
+    fresh = isinstance(info, dict) and info.get("revisions") == revisions
+    if not fresh:
+        if store.read_only:
+            return _in_memory(store)
+        rebuild(store)
+        cache = store._root[CACHE]
+        info = cache.attrs[CATALOG_ATTR]
+    assert isinstance(cache, zarr.Group) and isinstance(info, dict)
+    grp = cache[info["group"]]
+    assert isinstance(grp, zarr.Group)
+    names = [str(x) for x in grp[D.EXPERIMENT][...]] if revisions else []  # type: ignore[index]
+    steps = np.asarray(grp[D.STEP][...]) if revisions else np.zeros(0, np.int64)  # type: ignore[index]
+    layers = [str(x) for x in grp[D.LAYER][...]] if revisions else []  # type: ignore[index]
+    data = {v: da.from_zarr(grp[v]) for v in _VARS}
+    return _assemble(store, names, steps, layers, data)

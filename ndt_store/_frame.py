@@ -1,0 +1,238 @@
+"""Append-only frames: a Zarr group whose arrays grow together along ``step``.
+
+A *frame* is the unit of commit of the store. Its arrays share a leading
+append dimension; the number of committed rows lives in the group's attributes
+and is written **last**, in one atomic metadata write. Readers slice every array
+to that count, so rows that a killed writer left half-written are never seen,
+and a writer that resumes first truncates anything past the committed count.
+
+The registry of columns (name, dims) is committed in the same attribute write,
+so a column created by an interrupted append is invisible as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from ndt_store.errors import CorruptStoreError, InputError
+
+FRAME_ATTR = "ndt_frame"
+COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+"""Blosc lz4 + byte shuffle: decodes several GB/s a thread (NOTES.md), lossless."""
+
+_TARGET_CHUNK_BYTES = 8 << 20
+
+
+def default_row_chunk(row_shape: Sequence[int], itemsize: int) -> int:
+    """Rows per chunk so that a chunk holds about 8 MiB, at least one row."""
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * itemsize
+    return max(1, min(4096, _TARGET_CHUNK_BYTES // max(row_bytes, 1)))
+
+
+def _fill_value(dtype: np.dtype) -> Any:
+    if dtype.kind == "f":
+        return np.nan
+    if dtype.kind == "b":
+        return False
+    if dtype.kind in "iu":
+        return 0
+    return None
+
+
+class Frame:
+    """An append-only group of arrays sharing their first dimension.
+
+    Parameters
+    ----------
+    group
+        The Zarr group holding the frame.
+    """
+
+    def __init__(self, group: zarr.Group) -> None:
+        self.group = group
+        info = group.attrs.get(FRAME_ATTR)
+        if not isinstance(info, dict) or "rows" not in info:
+            raise CorruptStoreError(f"{group.store_path}: not a frame (missing {FRAME_ATTR!r})")
+        self._info: dict[str, Any] = info
+
+    @classmethod
+    def create(
+        cls,
+        parent: zarr.Group,
+        name: str,
+        *,
+        static: Mapping[str, tuple[np.ndarray, tuple[str, ...]]] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> Frame:
+        """Create an empty frame (zero committed rows) with optional static arrays."""
+        group = parent.create_group(name, overwrite=True)
+        statics: dict[str, list[str]] = {}
+        for key, (values, dims) in (static or {}).items():
+            values = np.asarray(values)
+            arr = group.create_array(
+                key,
+                shape=values.shape,
+                dtype=str if values.dtype.kind in "UTO" else values.dtype,
+                chunks=values.shape if values.size else (1,) * values.ndim,
+                dimension_names=dims,
+                compressors=COMPRESSORS if values.dtype.kind not in "UTO" else "auto",
+                fill_value=None if values.dtype.kind in "UTO" else _fill_value(values.dtype),
+            )
+            if values.size:
+                arr[...] = values
+            statics[key] = list(dims)
+        info = {"rows": 0, "columns": {}, "static": statics}
+        group.attrs.update({FRAME_ATTR: info, **dict(attrs or {})})
+        return cls(group)
+
+    def add_static(self, name: str, values: np.ndarray, dims: tuple[str, ...]) -> None:
+        """Write a static array; it becomes visible with the next committed append."""
+        values = np.asarray(values)
+        if name in self.group:
+            self.group.__delitem__(name)
+        arr = self.group.create_array(
+            name, shape=values.shape, dtype=values.dtype, dimension_names=dims,
+            chunks=values.shape if values.size else (1,) * values.ndim,
+        )
+        if values.size:
+            arr[...] = values
+        self._info = {**self._info, "static": {**self.static, name: list(dims)}}
+
+    @property
+    def rows(self) -> int:
+        """Number of committed rows."""
+        return int(self._info["rows"])
+
+    @property
+    def columns(self) -> dict[str, list[str]]:
+        """Committed along-row columns and their dims."""
+        return dict(self._info["columns"])
+
+    @property
+    def static(self) -> dict[str, list[str]]:
+        """Static (not appended) arrays and their dims."""
+        return dict(self._info.get("static", {}))
+
+    def array(self, name: str) -> zarr.Array:
+        """The Zarr array of column or static array ``name``."""
+        try:
+            node = self.group[name]
+        except KeyError:
+            raise CorruptStoreError(
+                f"{self.group.store_path}: array {name!r} is listed but missing"
+            ) from None
+        if not isinstance(node, zarr.Array):
+            raise CorruptStoreError(f"{self.group.store_path}/{name} is not an array")
+        return node
+
+    def append(
+        self,
+        columns: Mapping[str, np.ndarray],
+        *,
+        dims: Mapping[str, Sequence[str]],
+        chunks: Mapping[str, Sequence[int]] | None = None,
+        extra_attrs: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Append rows to every column and commit them in one metadata write.
+
+        Parameters
+        ----------
+        columns
+            New rows per column; each array's first axis is the row axis, all of
+            the same length. Columns not yet in the frame are created. Existing
+            columns missing from ``columns`` get their fill value for these rows.
+        dims
+            Dimension names for every new column (first one is the row dim).
+        chunks
+            Optional chunk shapes for new columns.
+        extra_attrs
+            Attributes committed together with the rows.
+
+        Returns
+        -------
+        int
+            The committed row count after the append.
+        """
+        if not columns:
+            raise InputError("nothing to append")
+        lengths = {name: np.shape(v)[0] if np.ndim(v) else -1 for name, v in columns.items()}
+        k = next(iter(lengths.values()))
+        if k < 0 or any(n != k for n in lengths.values()):
+            raise InputError(f"columns must share their first (row) axis length; got {lengths}")
+        n = self.rows
+        registry = dict(self._info["columns"])
+        for name, values in columns.items():
+            values = np.asarray(values)
+            if name in registry or name in self.group:
+                arr = self.group[name]
+                assert isinstance(arr, zarr.Array)
+                if name in registry and tuple(arr.shape[1:]) != values.shape[1:]:
+                    raise InputError(
+                        f"column {name!r} has rows of shape {tuple(arr.shape[1:])}; "
+                        f"cannot append rows of shape {values.shape[1:]}"
+                    )
+                if name not in registry:  # left behind by an interrupted append
+                    self.group.__delitem__(name)
+            if name not in self.group:
+                col_dims = tuple(dims[name])
+                if len(col_dims) != values.ndim:
+                    raise InputError(f"column {name!r}: dims {col_dims} do not match {values.ndim}-d rows")
+                chunk = tuple(chunks[name]) if chunks and name in chunks else (
+                    default_row_chunk(values.shape[1:], values.dtype.itemsize),
+                    *values.shape[1:],
+                )
+                self.group.create_array(
+                    name,
+                    shape=(0, *values.shape[1:]),
+                    dtype=values.dtype,
+                    chunks=tuple(max(1, c) for c in chunk),
+                    dimension_names=col_dims,
+                    compressors=COMPRESSORS,
+                    fill_value=_fill_value(values.dtype),
+                )
+                registry[name] = list(col_dims)
+            arr = self.group[name]
+            assert isinstance(arr, zarr.Array)
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))
+            arr.resize((n + k, *arr.shape[1:]))
+            arr[n : n + k] = values
+        for name in registry:
+            if name in columns:
+                continue
+            arr = self.array(name)
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))
+            arr.resize((n + k, *arr.shape[1:]))
+            arr[n : n + k] = np.full((k, *arr.shape[1:]), _fill_value(arr.dtype), dtype=arr.dtype)
+        info = {**self._info, "rows": n + k, "columns": registry}
+        self.group.attrs.update({FRAME_ATTR: info, **dict(extra_attrs or {})})
+        self._info = info
+        return n + k
+
+    def read(self, name: str) -> np.ndarray:
+        """Read the committed rows of column ``name`` (or a whole static array)."""
+        arr = self.array(name)
+        if name in self._info.get("static", {}):
+            return np.asarray(arr[...])
+        if arr.shape[0] < self.rows:
+            raise CorruptStoreError(
+                f"{arr.store_path}: array has {arr.shape[0]} rows but {self.rows} are committed"
+            )
+        return np.asarray(arr[: self.rows])
+
+    def dask(self, name: str) -> Any:
+        """A dask array over the committed rows of column ``name`` (chunks = stored chunks)."""
+        import dask.array as da
+
+        arr = self.array(name)
+        if arr.shape[0] < self.rows:
+            raise CorruptStoreError(
+                f"{arr.store_path}: array has {arr.shape[0]} rows but {self.rows} are committed"
+            )
+        return da.from_zarr(arr)[: self.rows]

@@ -1,0 +1,888 @@
+"""The store: labeled Zarr datasets of training dynamics, one group per experiment.
+
+Layout (Zarr v3)::
+
+    <root>/zarr.json                       attrs: ndt_store = {format: 1}
+    <root>/experiments/<name>/zarr.json    attrs: ndt_experiment = {committed, revision,
+                                                  phase1, content_hash, metadata}
+    <root>/experiments/<name>/phase1-<id>/ frame: step, layer, metrics, loss, grad_norm, epoch
+    <root>/experiments/<name>/snapshots/   frame: step, weights/*, activations/*, attention/*
+    <root>/tables/<name>/                  published tables, one 1-D array per column
+    <root>/_cache/phase1-<id>/             derived cross-experiment view (rebuilt when stale)
+    <root>/.locks/                         writer locks (local stores)
+
+An experiment is visible only once its group's ``committed`` flag is set, which
+happens in the last write of an ingest; frames commit their rows last (see
+:mod:`ndt_store._frame`). See ``docs/data-model.md`` and ``docs/guarantees.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from ndt_store import _dims as D
+from ndt_store._frame import Frame
+from ndt_store._location import local_path, make_zarr_store
+from ndt_store._lock import local_lock
+from ndt_store._names import validate_name
+from ndt_store.errors import (
+    ConflictError,
+    CorruptStoreError,
+    ExperimentExistsError,
+    InputError,
+    NdtStoreError,
+    NotFoundError,
+    ReadOnlyError,
+)
+
+FORMAT_VERSION = 1
+ROOT_ATTR = "ndt_store"
+EXP_ATTR = "ndt_experiment"
+EXPERIMENTS = "experiments"
+TABLES = "tables"
+SNAPSHOTS = "snapshots"
+
+Mode = Literal["r", "r+", "a", "w", "w-"]
+
+_PARAM_DIMS = {
+    1: ("out",),
+    2: ("out", "in"),
+    3: ("out", "in", "kernel"),
+    4: ("out", "in", "kernel_h", "kernel_w"),
+}
+
+
+def parameter_dims(ndim: int) -> tuple[str, ...]:
+    """Names of a parameter tensor's own dims (``out``, ``in``, kernel dims)."""
+    return _PARAM_DIMS.get(ndim, tuple(f"dim_{i}" for i in range(ndim)))
+
+
+def activation_dims(ndim: int) -> tuple[str, ...]:
+    """Names of one sample's activation dims (``feature`` or ``channel, height, width``)."""
+    if ndim == 1:
+        return (D.FEATURE,)
+    if ndim == 2:
+        return ("position", D.FEATURE)
+    if ndim == 3:
+        return ("channel", "height", "width")
+    return tuple(f"dim_{i}" for i in range(ndim))
+
+
+class Store:
+    """A ndt_store store. Create one with :func:`open_store`.
+
+    An open store reads a consistent snapshot: what it has read is cached until
+    :meth:`refresh` is called or this object writes. Writes to one experiment
+    hold that experiment's writer lock.
+    """
+
+    def __init__(self, location: str | os.PathLike[str], root: zarr.Group, mode: Mode) -> None:
+        self.location = os.fspath(location)
+        self._root = root
+        self._mode = mode
+        self._local = local_path(location)
+        self._entries: dict[str, dict[str, Any]] | None = None
+        self._phase1_cache: dict[str, tuple[str, xr.Dataset, dict[str, np.ndarray]]] = {}
+
+    # ------------------------------------------------------------------ basics
+    def __repr__(self) -> str:
+        return f"<ndt_store.Store {self.location!r} mode={self._mode!r}>"
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this store was opened read-only."""
+        return self._mode == "r"
+
+    @property
+    def zarr_group(self) -> zarr.Group:
+        """The root Zarr group (for advanced use)."""
+        return self._root
+
+    def refresh(self) -> None:
+        """Forget cached reads so the next call sees other writers' commits."""
+        self._entries = None
+        self._phase1_cache.clear()
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError(f"store {self.location!r} is open read-only (mode='r')")
+
+    def _experiments_group(self) -> zarr.Group:
+        grp = self._root.get(EXPERIMENTS)
+        if grp is None:
+            self._check_writable()
+            grp = self._root.create_group(EXPERIMENTS)
+        assert isinstance(grp, zarr.Group)
+        return grp
+
+    @contextmanager
+    def writer(self, experiment: str) -> Iterator[None]:
+        """Hold the writer lock of ``experiment`` (re-entrant within this object).
+
+        Raises
+        ------
+        ConflictError
+            If another process is writing this experiment.
+        """
+        self._check_writable()
+        held = getattr(self, "_held", set())
+        self._held = held
+        if experiment in held:
+            yield
+            return
+        if self._local is None:
+            ctx: Any = nullcontext()
+        else:
+            ctx = local_lock(self._local / ".locks", experiment, what=f"experiment {experiment!r}")
+        with ctx:
+            held.add(experiment)
+            try:
+                yield
+            finally:
+                held.discard(experiment)
+
+    # ------------------------------------------------------------ experiments
+    def _list_entries(self) -> dict[str, dict[str, Any]]:
+        """Read every experiment's attributes concurrently; cached."""
+        if self._entries is not None:
+            return self._entries
+        zstore = self._root.store
+        prefix = f"{self._root.path}/{EXPERIMENTS}" if self._root.path else EXPERIMENTS
+
+        async def gather() -> dict[str, dict[str, Any]]:
+            import asyncio
+
+            names = [n async for n in zstore.list_dir(prefix)]
+            names = [n for n in names if n != "zarr.json"]
+            proto = default_buffer_prototype()
+            bufs = await asyncio.gather(
+                *(zstore.get(f"{prefix}/{n}/zarr.json", prototype=proto) for n in names)
+            )
+            out: dict[str, dict[str, Any]] = {}
+            for name, buf in zip(names, bufs, strict=True):
+                if buf is None:
+                    continue
+                try:
+                    meta = json.loads(buf.to_bytes())
+                except ValueError as exc:
+                    raise CorruptStoreError(
+                        f"{self.location}: metadata of experiment {name!r} is not valid JSON "
+                        f"({exc})"
+                    ) from None
+                entry = meta.get("attributes", {}).get(EXP_ATTR)
+                if isinstance(entry, dict) and entry.get("committed"):
+                    out[name] = entry
+            return out
+
+        self._entries = dict(sorted(sync(gather()).items()))
+        return self._entries
+
+    def experiments(self) -> list[str]:
+        """Names of the committed experiments, sorted.
+
+        Examples
+        --------
+        >>> import tempfile, ndt_store
+        >>> ndt_store.open_store(tempfile.mkdtemp() + "/s.zarr").experiments()
+        []
+        """
+        return list(self._list_entries())
+
+    def __contains__(self, experiment: object) -> bool:
+        return isinstance(experiment, str) and experiment in self._list_entries()
+
+    def _entry(self, experiment: str) -> dict[str, Any]:
+        entries = self._list_entries()
+        if experiment not in entries:
+            self.refresh()
+            entries = self._list_entries()
+        if experiment not in entries:
+            known = ", ".join(entries) or "none"
+            raise NotFoundError(
+                f"experiment {experiment!r} is not in store {self.location!r} (known: {known})"
+            )
+        return entries[experiment]
+
+    def metadata(self, experiment: str) -> dict[str, Any]:
+        """Run metadata of ``experiment`` (arch_name, dataset, num_steps, ...)."""
+        return dict(self._entry(experiment).get("metadata", {}))
+
+    def _exp_group(self, experiment: str) -> zarr.Group:
+        grp = self._experiments_group()[experiment]
+        assert isinstance(grp, zarr.Group)
+        return grp
+
+    def _set_entry(self, experiment: str, entry: dict[str, Any]) -> None:
+        self._exp_group(experiment).attrs.update({EXP_ATTR: entry})
+        if self._entries is not None:
+            self._entries[experiment] = entry
+            self._entries = dict(sorted(self._entries.items()))
+        self._phase1_cache.pop(experiment, None)
+
+    def delete_experiment(self, experiment: str) -> None:
+        """Delete ``experiment`` and everything stored for it.
+
+        The experiment disappears from listings first (one metadata write), then
+        its arrays are removed; a crash in between leaves invisible garbage that
+        the next write of the same name removes.
+        """
+        validate_name(experiment)
+        self._entry(experiment)
+        with self.writer(experiment):
+            grp = self._exp_group(experiment)
+            grp.attrs.update({EXP_ATTR: {"committed": False}})
+            self._experiments_group().__delitem__(experiment)
+        self.refresh()
+
+    def _fresh_experiment_group(self, experiment: str) -> zarr.Group:
+        """Create an (invisible) experiment group, removing uncommitted leftovers."""
+        parent = self._experiments_group()
+        if experiment in parent:
+            parent.__delitem__(experiment)
+        return parent.create_group(experiment, attributes={EXP_ATTR: {"committed": False}})
+
+    # ------------------------------------------------------------------ phase 1
+    def write_experiment(
+        self,
+        experiment: str,
+        phase1: xr.Dataset,
+        metadata: Mapping[str, Any],
+        *,
+        content_hash: str | None = None,
+        overwrite: bool = False,
+    ) -> Literal["created", "unchanged", "replaced"]:
+        """Write a whole Phase 1 experiment atomically.
+
+        Parameters
+        ----------
+        experiment
+            Experiment name (validated).
+        phase1
+            Dataset over ``(step, layer)`` with the four metrics and ``loss``,
+            ``grad_norm``, ``epoch`` over ``step``.
+        metadata
+            JSON-serialisable run metadata.
+        content_hash
+            Identity of the content; re-writing the same hash is a no-op.
+        overwrite
+            Replace an experiment with different content (otherwise an error).
+
+        Returns
+        -------
+        str
+            ``"created"``, ``"unchanged"`` or ``"replaced"``.
+        """
+        validate_name(experiment)
+        self._check_writable()
+        layers = [str(x) for x in phase1[D.LAYER].values]
+        for layer in layers:
+            validate_name(layer, kind="layer")
+        with self.writer(experiment):
+            self.refresh()
+            entries = self._list_entries()
+            old = entries.get(experiment)
+            if old is not None:
+                if content_hash is not None and old.get("content_hash") == content_hash:
+                    return "unchanged"
+                if not overwrite:
+                    raise ExperimentExistsError(
+                        f"experiment {experiment!r} already exists in {self.location!r} with "
+                        "different content; pass overwrite=True (CLI: --overwrite) to replace it"
+                    )
+                grp = self._exp_group(experiment)
+            else:
+                grp = self._fresh_experiment_group(experiment)
+            frame_name = f"phase1-{uuid.uuid4().hex[:12]}"
+            frame = _create_phase1_frame(grp, frame_name, layers)
+            _append_phase1_rows(frame, phase1, layers)
+            entry = {
+                "committed": True,
+                "revision": uuid.uuid4().hex,
+                "phase1": frame_name,
+                "content_hash": content_hash,
+                "metadata": dict(metadata),
+                "snapshots": (old or {}).get("snapshots", []),
+            }
+            self._set_entry(experiment, entry)
+            if old is not None and old.get("phase1") and old["phase1"] in grp:
+                grp.__delitem__(old["phase1"])
+        return "replaced" if old is not None else "created"
+
+    def create_run(
+        self, experiment: str, metadata: Mapping[str, Any], layers: Sequence[str]
+    ) -> None:
+        """Create an experiment with an empty Phase 1 series, to be filled by appends.
+
+        If the experiment exists with the same layers it is kept (resume).
+        """
+        validate_name(experiment)
+        for layer in layers:
+            validate_name(layer, kind="layer")
+        with self.writer(experiment):
+            self.refresh()
+            old = self._list_entries().get(experiment)
+            if old is not None:
+                have = list(self._phase1_numpy(experiment)[D.LAYER])
+                if have != list(layers):
+                    raise ExperimentExistsError(
+                        f"experiment {experiment!r} exists with layers {have}; cannot resume "
+                        f"with layers {list(layers)}"
+                    )
+                return
+            grp = self._fresh_experiment_group(experiment)
+            frame_name = f"phase1-{uuid.uuid4().hex[:12]}"
+            _create_phase1_frame(grp, frame_name, list(layers))
+            self._set_entry(
+                experiment,
+                {
+                    "committed": True,
+                    "revision": uuid.uuid4().hex,
+                    "phase1": frame_name,
+                    "content_hash": None,
+                    "metadata": dict(metadata),
+                    "snapshots": [],
+                },
+            )
+
+    def update_metadata(self, experiment: str, **fields: Any) -> None:
+        """Merge ``fields`` into the run metadata of ``experiment``."""
+        with self.writer(experiment):
+            entry = dict(self._entry(experiment))
+            entry["metadata"] = {**entry.get("metadata", {}), **fields}
+            self._set_entry(experiment, entry)
+
+    def append_phase1(self, experiment: str, rows: xr.Dataset) -> int:
+        """Append Phase 1 records (steps after the last stored one) and commit them.
+
+        Returns the number of stored records.
+        """
+        with self.writer(experiment):
+            entry = dict(self._entry(experiment))
+            frame = Frame(self._exp_group(experiment)[entry["phase1"]])  # type: ignore[arg-type]
+            layers = [str(x) for x in frame.read(D.LAYER)]
+            if frame.rows:
+                last = int(frame.read(D.STEP)[-1])
+                first_new = int(np.min(rows[D.STEP].values))
+                if first_new <= last:
+                    raise InputError(
+                        f"experiment {experiment!r}: cannot append step {first_new}; "
+                        f"steps must increase past the last stored step {last}"
+                    )
+            count = _append_phase1_rows(frame, rows, layers)
+            entry["revision"] = uuid.uuid4().hex
+            self._set_entry(experiment, entry)
+            return count
+
+    def _phase1_numpy(self, experiment: str) -> dict[str, np.ndarray]:
+        return self._phase1_cached(experiment)[2]
+
+    def _phase1_cached(self, experiment: str) -> tuple[str, xr.Dataset, dict[str, np.ndarray]]:
+        entry = self._entry(experiment)
+        cached = self._phase1_cache.get(experiment)
+        if cached is not None and cached[0] == entry["revision"]:
+            return cached
+        grp = self._exp_group(experiment)
+        try:
+            frame = Frame(grp[entry["phase1"]])  # type: ignore[arg-type]
+        except KeyError:
+            raise CorruptStoreError(
+                f"{self.location}: experiment {experiment!r} lists Phase 1 group "
+                f"{entry['phase1']!r} which is missing"
+            ) from None
+        layers = frame.read(D.LAYER)
+        if frame.rows == 0:
+            arrays = {
+                D.STEP: np.zeros(0, np.int64),
+                "metrics": np.zeros((0, layers.size, len(D.PHASE1_METRICS))),
+                D.LOSS: np.zeros(0),
+                D.GRAD_NORM: np.zeros(0),
+                D.EPOCH: np.zeros(0, np.int64),
+            }
+        else:
+            arrays = {
+                name: frame.read(name)
+                for name in (D.STEP, "metrics", D.LOSS, D.GRAD_NORM, D.EPOCH)
+            }
+        arrays[D.LAYER] = layers
+        arrays[D.LAYER] = np.asarray([str(x) for x in arrays[D.LAYER]], dtype=object)
+        ds = _phase1_dataset(arrays, entry.get("metadata", {}), experiment)
+        cached = (entry["revision"], ds, arrays)
+        self._phase1_cache[experiment] = cached
+        return cached
+
+    def phase1(self, experiment: str) -> xr.Dataset:
+        """Phase 1 dataset of one experiment over ``(step, layer)``.
+
+        Layers are the experiment's own, in their original order; ``index`` is the
+        record index along ``step``; metadata are attributes.
+        """
+        return self._phase1_cached(experiment)[1]
+
+    def record(self, experiment: str, step: int) -> dict[str, Any]:
+        """The Phase 1 record closest to training ``step``, as the study's JSON dict.
+
+        Ties go to the earlier record (as the legacy ``min`` over positions did).
+        """
+        arrays = self._phase1_numpy(experiment)
+        steps = arrays[D.STEP]
+        if steps.size == 0:
+            raise NotFoundError(f"experiment {experiment!r} has no Phase 1 records yet")
+        i = int(np.argmin(np.abs(steps - int(step))))
+        return _record_dict(arrays, i)
+
+    def measurements(self, experiments: Sequence[str] | None = None) -> xr.Dataset:
+        """One lazy dataset over ``(experiment, step, layer)`` across experiments.
+
+        Layers are the union of the experiments' layers (NaN where one lacks a
+        layer), steps the union of their training steps; run metadata are
+        coordinates on ``experiment``.
+        """
+        from ndt_store._catalog import catalog_dataset
+
+        ds = catalog_dataset(self)
+        if experiments is not None:
+            missing = [e for e in experiments if e not in ds[D.EXPERIMENT].values]
+            if missing:
+                raise NotFoundError(f"experiments not in store {self.location!r}: {missing}")
+            ds = ds.sel({D.EXPERIMENT: list(experiments)})
+        return ds
+
+    # ---------------------------------------------------------------- snapshots
+    def _snapshot_frame(self, experiment: str, *, create: bool = False) -> Frame | None:
+        grp = self._exp_group(experiment)
+        if SNAPSHOTS in grp:
+            return Frame(grp[SNAPSHOTS])  # type: ignore[arg-type]
+        if not create:
+            return None
+        return Frame.create(grp, SNAPSHOTS)
+
+    def write_snapshot(
+        self,
+        experiment: str,
+        step: int,
+        *,
+        weights: Mapping[str, np.ndarray] | None = None,
+        activations: Mapping[str, np.ndarray] | None = None,
+        attention: Mapping[str, np.ndarray] | None = None,
+        labels: np.ndarray | None = None,
+        probe_hash: str | None = None,
+        info: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> Literal["created", "unchanged", "replaced"]:
+        """Store tensors taken at training ``step`` as one committed unit.
+
+        Parameters
+        ----------
+        experiment
+            An existing experiment.
+        step
+            Training step of the snapshot.
+        weights
+            ``{parameter name: array}``; dims ``(step, out, in, ...)``.
+        activations
+            ``{layer: array[sample, ...]}`` on the fixed probe batch.
+        attention
+            ``{layer: array[sample, head, query, key]}`` probabilities.
+        labels
+            Probe-batch labels (``[sample]``), stored once as the ``label`` coordinate.
+        probe_hash
+            Hash of the probe inputs; all snapshots of an experiment must share it.
+        info
+            Scalars recorded with the snapshot (``loss`` ...), JSON types.
+        overwrite
+            Replace a snapshot already stored at ``step``.
+        """
+        step = int(step)
+        columns: dict[str, np.ndarray] = {D.STEP: np.asarray([step], dtype=np.int64)}
+        dims: dict[str, tuple[str, ...]] = {D.STEP: (D.STEP,)}
+        chunks: dict[str, tuple[int, ...]] = {}
+        kinds: list[str] = []
+        for kind, tensors, dimfn in (
+            (D.WEIGHTS, weights, parameter_dims),
+            (D.ACTIVATIONS, activations, lambda n: (D.SAMPLE, *activation_dims(n - 1))),
+            (D.ATTENTION, attention, lambda n: (D.SAMPLE, D.HEAD, D.QUERY, D.KEY)),
+        ):
+            if not tensors:
+                continue
+            kinds.append(kind)
+            for name, value in tensors.items():
+                validate_name(name, kind="parameter" if kind == D.WEIGHTS else "layer")
+                arr = np.asarray(value)
+                if arr.dtype.kind not in "fiub":
+                    raise InputError(f"{kind} {name!r}: dtype {arr.dtype} is not numeric")
+                if kind == D.ATTENTION and arr.ndim != 4:
+                    raise InputError(
+                        f"attention {name!r} must be [sample, head, query, key]; got shape {arr.shape}"
+                    )
+                col = f"{kind}/{name}"
+                columns[col] = arr[None]
+                dims[col] = (D.STEP, *dimfn(arr.ndim))
+                chunks[col] = (1, *arr.shape)
+            columns[f"present/{kind}"] = np.asarray([True])
+            dims[f"present/{kind}"] = (D.STEP,)
+        if not kinds:
+            raise InputError("write_snapshot needs weights, activations or attention")
+        with self.writer(experiment):
+            entry = dict(self._entry(experiment))
+            snaps = list(entry.get("snapshots", []))
+            frame = self._snapshot_frame(experiment, create=True)
+            assert frame is not None
+            if probe_hash is not None:
+                known = frame.group.attrs.get(D.PROBE_HASH)
+                if known is not None and known != probe_hash and (activations or attention):
+                    raise InputError(
+                        f"experiment {experiment!r}: probe batch hash {probe_hash[:12]} differs "
+                        f"from the stored {known[:12]}; activations would not be comparable"
+                    )
+            existing = [s for s in snaps if s["step"] == step and set(s["kinds"]) & set(kinds)]
+            if existing and not overwrite:
+                raise ExperimentExistsError(
+                    f"experiment {experiment!r} already has a snapshot at step {step} "
+                    f"({', '.join(existing[0]['kinds'])}); pass overwrite=True to replace it"
+                )
+            extra: dict[str, Any] = {}
+            if probe_hash is not None and (activations or attention):
+                extra[D.PROBE_HASH] = probe_hash
+            if labels is not None and D.LABEL not in frame.static:
+                frame.add_static(D.LABEL, np.asarray(labels), (D.SAMPLE,))
+            rows = frame.append(columns, dims=dims, chunks=chunks, extra_attrs=extra)
+            snaps = [s for s in snaps if not (s["step"] == step and existing and s in existing)]
+            snaps.append({"step": step, "row": rows - 1, "kinds": kinds, **dict(info or {})})
+            entry["snapshots"] = snaps
+            entry["revision"] = uuid.uuid4().hex
+            self._set_entry(experiment, entry)
+        return "replaced" if existing else "created"
+
+    def snapshot_steps(self, experiment: str, kind: str | None = None) -> list[int]:
+        """Sorted training steps with a committed snapshot (of ``kind`` if given)."""
+        snaps = self._entry(experiment).get("snapshots", [])
+        return sorted({s["step"] for s in snaps if kind is None or kind in s["kinds"]})
+
+    def _snapshot_rows(self, experiment: str, kind: str) -> tuple[Frame, np.ndarray, np.ndarray]:
+        snaps = self._entry(experiment).get("snapshots", [])
+        chosen = {s["step"]: s["row"] for s in snaps if kind in s["kinds"]}
+        frame = self._snapshot_frame(experiment)
+        if frame is None or not chosen:
+            raise NotFoundError(f"experiment {experiment!r} has no stored {kind}")
+        steps = np.asarray(sorted(chosen), dtype=np.int64)
+        rows = np.asarray([chosen[s] for s in steps], dtype=np.int64)
+        return frame, steps, rows
+
+    def _snapshot_arrays(
+        self, experiment: str, kind: str, name: str | None
+    ) -> dict[str, xr.DataArray]:
+        frame, steps, rows = self._snapshot_rows(experiment, kind)
+        prefix = f"{kind}/"
+        cols = {c: d for c, d in frame.columns.items() if c.startswith(prefix)}
+        if name is not None:
+            col = prefix + name
+            if col not in cols:
+                have = ", ".join(c[len(prefix) :] for c in cols)
+                raise NotFoundError(
+                    f"experiment {experiment!r} has no {kind} for {name!r} (stored: {have})"
+                )
+            cols = {col: cols[col]}
+        coords: dict[str, Any] = {D.STEP: steps}
+        attrs: dict[str, Any] = {}
+        if kind != D.WEIGHTS:
+            if D.LABEL in frame.static:
+                coords[D.LABEL] = (D.SAMPLE, frame.read(D.LABEL))
+            if D.PROBE_HASH in frame.group.attrs:
+                attrs[D.PROBE_HASH] = frame.group.attrs[D.PROBE_HASH]
+        out = {}
+        for col, dims in cols.items():
+            data = frame.dask(col)[rows]
+            label = col[len(prefix) :]
+            da_ = xr.DataArray(data, dims=dims, coords=coords, name=label, attrs=dict(attrs))
+            da_.attrs["kind"] = kind
+            da_.attrs["experiment"] = experiment
+            if kind != D.WEIGHTS:
+                da_.attrs["layer"] = label
+            out[label] = da_
+        return out
+
+    def weights(self, experiment: str, *, steps: Sequence[int] | None = None) -> dict[str, xr.DataArray]:
+        """Stored parameters of ``experiment``: ``{name: DataArray(step, ...)}``, lazy, by step."""
+        out = self._snapshot_arrays(experiment, D.WEIGHTS, None)
+        if steps is not None:
+            out = {k: v.sel({D.STEP: list(steps)}) for k, v in out.items()}
+        return out
+
+    def activations(self, experiment: str, layer: str | None = None) -> Any:
+        """Probe-batch activations: one layer's DataArray, or ``{layer: DataArray}``."""
+        out = self._snapshot_arrays(experiment, D.ACTIVATIONS, layer)
+        return out[layer] if layer is not None else out
+
+    def attention(self, experiment: str, layer: str | None = None) -> Any:
+        """Attention probabilities ``(step, sample, head, query, key)`` per layer."""
+        out = self._snapshot_arrays(experiment, D.ATTENTION, layer)
+        if layer is not None:
+            return out[layer].assign_coords({D.HEAD: np.arange(out[layer].sizes[D.HEAD])})
+        return {k: v.assign_coords({D.HEAD: np.arange(v.sizes[D.HEAD])}) for k, v in out.items()}
+
+    # ------------------------------------------------------------------ tables
+    def write_table(self, name: str, table: pd.DataFrame, *, overwrite: bool = False) -> str:
+        """Store a small table (e.g. a published jump table) under ``tables/<name>``."""
+        validate_name(name, kind="table")
+        self._check_writable()
+        parent = self._root.get(TABLES) or self._root.create_group(TABLES)
+        assert isinstance(parent, zarr.Group)
+        with self.writer(f"table-{name}"):
+            if name in parent:
+                if _table_equal(_read_table(parent[name]), table):  # type: ignore[arg-type]
+                    return "unchanged"
+                if not overwrite:
+                    raise ExperimentExistsError(
+                        f"table {name!r} already exists with different content; "
+                        "pass overwrite=True to replace it"
+                    )
+            tmp = f"{name}.{uuid.uuid4().hex[:8]}"
+            validate_name(tmp, kind="table")
+            grp = parent.create_group(tmp)
+            for col in table.columns:
+                values = table[col].to_numpy()
+                if values.dtype.kind in "OUT":
+                    values = np.asarray(values.astype(str), dtype=str)
+                arr = grp.create_array(
+                    str(col), shape=values.shape, dtype=str if values.dtype.kind in "OUT" else values.dtype,
+                    dimension_names=("row",),
+                )
+                if values.size:
+                    arr[...] = values
+            grp.attrs.update({"columns": [str(c) for c in table.columns], "committed": True})
+            existed = name in parent
+            if existed:
+                parent.__delitem__(name)
+            _rename_group(self, parent, tmp, name)
+        return "replaced" if existed else "created"
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A table stored with :meth:`write_table`."""
+        parent = self._root.get(TABLES)
+        if parent is None or name not in parent:  # type: ignore[operator]
+            raise NotFoundError(f"no table {name!r} in store {self.location!r}")
+        return _read_table(parent[name])  # type: ignore[index]
+
+    def tables(self) -> list[str]:
+        """Names of stored tables."""
+        parent = self._root.get(TABLES)
+        if parent is None:
+            return []
+        return sorted(n for n, g in parent.groups() if g.attrs.get("committed"))  # type: ignore[union-attr]
+
+
+def _rename_group(store: Store, parent: zarr.Group, src: str, dst: str) -> None:
+    """Move group ``src`` to ``dst`` (rename locally; copy + delete elsewhere)."""
+    if store._local is not None:
+        base = Path(store._local) / parent.path
+        os.replace(base / src, base / dst)
+        return
+    source = parent[src]
+    target = parent.create_group(dst, attributes=dict(source.attrs))
+    for name, arr in source.arrays():  # type: ignore[union-attr]
+        target.create_array(name, shape=arr.shape, dtype=arr.dtype, dimension_names=("row",))[
+            ...
+        ] = arr[...]
+    parent.__delitem__(src)
+
+
+def _read_table(group: zarr.Group) -> pd.DataFrame:
+    cols = group.attrs.get("columns", [])
+    data = {}
+    for c in cols:
+        values = np.asarray(group[c][...])  # type: ignore[index]
+        if values.dtype.kind == "T" or values.dtype.kind == "U":
+            values = values.astype(object)
+        data[c] = values
+    return pd.DataFrame(data, columns=cols)
+
+
+def _table_equal(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    if list(a.columns) != [str(c) for c in b.columns] or len(a) != len(b):
+        return False
+    for col in a.columns:
+        x, y = a[col].to_numpy(), b[col].to_numpy()
+        if x.dtype.kind in "OUT" or y.dtype.kind in "OUT":
+            if list(map(str, x)) != list(map(str, y)):
+                return False
+        elif not np.array_equal(x, y, equal_nan=True):
+            return False
+    return True
+
+
+def _create_phase1_frame(grp: zarr.Group, name: str, layers: list[str]) -> Frame:
+    return Frame.create(
+        grp,
+        name,
+        static={D.LAYER: (np.asarray(layers, dtype=str), (D.LAYER,))},
+        attrs={"metrics": list(D.PHASE1_METRICS)},
+    )
+
+
+def _append_phase1_rows(frame: Frame, ds: xr.Dataset, layers: list[str]) -> int:
+    missing = [v for v in (*D.PHASE1_METRICS, D.LOSS) if v not in ds]
+    if missing:
+        raise InputError(f"Phase 1 rows lack variables {missing}")
+    ds = ds.transpose(D.STEP, D.LAYER, ...)
+    if [str(x) for x in ds[D.LAYER].values] != layers:
+        try:
+            ds = ds.sel({D.LAYER: layers})
+        except KeyError:
+            raise InputError(
+                f"Phase 1 rows have layers {list(ds[D.LAYER].values)}; expected {layers}"
+            ) from None
+    metrics = np.stack([np.asarray(ds[m].values, dtype=np.float64) for m in D.PHASE1_METRICS], -1)
+    n = ds.sizes[D.STEP]
+
+    def scalar(name: str, dtype: Any, fill: Any) -> np.ndarray:
+        if name in ds:
+            return np.asarray(ds[name].values, dtype=dtype)
+        return np.full(n, fill, dtype=dtype)
+
+    cols = {
+        D.STEP: np.asarray(ds[D.STEP].values, dtype=np.int64),
+        "metrics": metrics,
+        D.LOSS: scalar(D.LOSS, np.float64, np.nan),
+        D.GRAD_NORM: scalar(D.GRAD_NORM, np.float64, np.nan),
+        D.EPOCH: scalar(D.EPOCH, np.int64, -1),
+    }
+    dims = {
+        D.STEP: (D.STEP,),
+        "metrics": (D.STEP, D.LAYER, "metric"),
+        D.LOSS: (D.STEP,),
+        D.GRAD_NORM: (D.STEP,),
+        D.EPOCH: (D.STEP,),
+    }
+    chunks = {k: (512, *v.shape[1:]) for k, v in cols.items()}
+    return frame.append(cols, dims=dims, chunks=chunks)
+
+
+def _phase1_dataset(arrays: dict[str, np.ndarray], metadata: dict[str, Any], name: str) -> xr.Dataset:
+    steps = arrays[D.STEP]
+    data_vars: dict[str, Any] = {
+        m: ((D.STEP, D.LAYER), arrays["metrics"][:, :, i]) for i, m in enumerate(D.PHASE1_METRICS)
+    }
+    data_vars[D.LOSS] = (D.STEP, arrays[D.LOSS])
+    data_vars[D.GRAD_NORM] = (D.STEP, arrays[D.GRAD_NORM])
+    data_vars[D.EPOCH] = (D.STEP, arrays[D.EPOCH])
+    attrs = {k: v for k, v in metadata.items() if not isinstance(v, dict)}
+    attrs[D.EXPERIMENT] = name
+    if isinstance(metadata.get(D.ARCHITECTURE_PARAMS), dict):
+        attrs[D.ARCHITECTURE_PARAMS] = json.dumps(metadata[D.ARCHITECTURE_PARAMS])
+    return xr.Dataset(
+        data_vars,
+        coords={
+            D.STEP: steps,
+            D.LAYER: arrays[D.LAYER].astype(str),
+            D.INDEX: (D.STEP, np.arange(steps.size)),
+        },
+        attrs=attrs,
+    )
+
+
+def _record_dict(arrays: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+    metrics = arrays["metrics"][i]
+    layer_metrics = {
+        str(layer): {m: _py(metrics[j, k]) for k, m in enumerate(D.PHASE1_METRICS)}
+        for j, layer in enumerate(arrays[D.LAYER])
+    }
+    return {
+        D.STEP: int(arrays[D.STEP][i]),
+        D.EPOCH: int(arrays[D.EPOCH][i]),
+        D.LOSS: _py(arrays[D.LOSS][i]),
+        D.GRAD_NORM: _py(arrays[D.GRAD_NORM][i]),
+        "layer_metrics": layer_metrics,
+    }
+
+
+def _py(value: Any) -> Any:
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+def open_store(
+    location: str | os.PathLike[str],
+    mode: Mode = "a",
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> Store:
+    """Open or create a store.
+
+    Parameters
+    ----------
+    location
+        A local directory (created if needed) or a URL fsspec understands
+        (``s3://bucket/prefix``); credentials come from the environment.
+    mode
+        ``"r"`` read-only; ``"r+"`` read/write, must exist; ``"a"`` read/write,
+        created if missing (default); ``"w-"`` create, fail if it exists; ``"w"``
+        create, deleting anything there.
+    storage_options
+        Extra fsspec options for URLs (e.g. ``{"endpoint_url": ...}``).
+
+    Returns
+    -------
+    Store
+
+    Examples
+    --------
+    >>> import tempfile, ndt_store
+    >>> store = ndt_store.open_store(tempfile.mkdtemp() + "/demo.zarr")
+    >>> store.experiments()
+    []
+    """
+    if mode not in ("r", "r+", "a", "w", "w-"):
+        raise NdtStoreError(f"mode must be one of 'r', 'r+', 'a', 'w', 'w-' (got {mode!r})")
+    zstore = make_zarr_store(location, read_only=mode == "r", storage_options=storage_options)
+    exists = _root_exists(zstore)
+    if mode in ("r", "r+") and not exists:
+        raise NotFoundError(f"no ndt_store store at {os.fspath(location)!r}")
+    if mode == "w-" and exists:
+        raise ExperimentExistsError(f"a store already exists at {os.fspath(location)!r}")
+    if mode == "w" or not exists:
+        root = zarr.open_group(zstore, mode="w" if mode == "w" else "a", zarr_format=3)
+        root.attrs.update({ROOT_ATTR: {"format": FORMAT_VERSION}})
+        root.require_group(EXPERIMENTS)
+    else:
+        try:
+            root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+", zarr_format=3)
+        except (ValueError, TypeError) as exc:
+            raise CorruptStoreError(f"{os.fspath(location)!r}: unreadable root metadata ({exc})") from None
+        info = root.attrs.get(ROOT_ATTR)
+        if not isinstance(info, dict) or "format" not in info:
+            raise CorruptStoreError(
+                f"{os.fspath(location)!r} is a Zarr group but not an ndt_store store "
+                f"(no {ROOT_ATTR!r} attribute)"
+            )
+        if int(info["format"]) > FORMAT_VERSION:
+            raise NdtStoreError(
+                f"store {os.fspath(location)!r} has format {info['format']}, newer than this "
+                f"ndt_store understands ({FORMAT_VERSION}); upgrade ndt-store"
+            )
+    return Store(location, root, mode)
+
+
+def _root_exists(zstore: Any) -> bool:
+    async def check() -> bool:
+        return bool(await zstore.exists("zarr.json"))
+
+    try:
+        return sync(check())
+    except FileNotFoundError:
+        return False
+
+
+__all__ = ["ConflictError", "Store", "open_store"]
