@@ -1,0 +1,604 @@
+"""Phase 1 dynamics as labeled reductions: velocity, jumps, critical periods, and the tables.
+
+Every function takes labeled arrays with a series dimension (``dim``, the
+true training step by default); every other dimension is a batch dimension.
+A *series* is the non-NaN values along ``dim`` in order, and results are
+indexed by **record index** (dimension ``index``): the position of a record
+among the series' records, which is what the study's published tables call
+``step``. NaN padding (steps a run did not record, layers it does not have)
+never creates a value and never enters a count or a mean. See
+``docs/dynamics.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ndt_store._dims import (
+    ARCH_NAME,
+    DATASET,
+    EXPERIMENT,
+    INDEX,
+    LAYER,
+    LOSS,
+    NUM_STEPS,
+    STABLE_RANK,
+    STEP,
+)
+from ndt_store._kernels import dynamics as _k
+from ndt_store.errors import InputError
+from ndt_store.measures.significance import (
+    DEFAULT_ALPHA,
+    DEFAULT_FLOOR_ULPS,
+    DEFAULT_SURROGATES,
+    apply_to_series,
+    jump_significance,
+)
+
+__all__ = [
+    "JUMP_COLUMNS",
+    "acceleration",
+    "coordination",
+    "critical_period_table",
+    "critical_periods",
+    "detect_jumps",
+    "jump_table",
+    "loss_correlation",
+    "record_steps",
+    "transitions",
+    "velocity",
+]
+
+JUMP_COLUMNS: tuple[str, ...] = (
+    "step",
+    "magnitude",
+    "speed",
+    "direction",
+    "phase",
+    "layer",
+    "experiment",
+    "arch_name",
+    "dataset",
+    "phase_category",
+    "index",
+    "train_step",
+    "z",
+    "velocity",
+    "p_value",
+    "noise_floor",
+    "significant",
+)
+"""Columns of :func:`jump_table`: the published ones (less ``cluster``), then the additions."""
+
+CRITICAL_COLUMNS: tuple[str, ...] = (
+    "experiment",
+    "arch_name",
+    "dataset",
+    "total_critical_steps",
+    "total_transitions",
+    "num_coordinated_periods",
+    "max_coordination",
+    "mean_coordination",
+    "loss_correlation",
+)
+
+_BLOCK_EXPERIMENTS = 256  # experiments per block when a table is built from in-memory data
+
+
+# --- series -----------------------------------------------------------------------
+def velocity(x: xr.DataArray, *, dim: str = STEP) -> xr.DataArray:
+    """First difference of each series: ``v[i] = x[i+1] - x[i]`` over its records.
+
+    Parameters
+    ----------
+    x
+        Values along ``dim``; NaN marks a missing record.
+    dim
+        The series dimension.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``velocity`` over (other dims..., ``index``) with ``len(dim) - 1``
+        record indices, NaN past each series' end.
+
+    Examples
+    --------
+    >>> x = xr.DataArray([1.0, np.nan, 4.0, 9.0], dims="step", coords={"step": [0, 5, 10, 15]})
+    >>> velocity(x).values.tolist()
+    [3.0, 5.0, nan]
+    """
+    n = max(x.sizes[dim] - 1, 0) if dim in x.dims else 0
+
+    def kernel(values: np.ndarray) -> np.ndarray:
+        return _k.first_difference(_k.compact(values)[0])
+
+    (out,) = apply_to_series(kernel, x, dim=dim, out_sizes=[n], out_dtypes=[np.float64])
+    return out.rename("velocity").assign_attrs(long_name="first difference per record")
+
+
+def acceleration(x: xr.DataArray, *, dim: str = STEP) -> xr.DataArray:
+    """Second difference of each series over its records (``len(dim) - 2`` indices).
+
+    Examples
+    --------
+    >>> acceleration(xr.DataArray([1.0, 4.0, 9.0, 16.0], dims="step")).values.tolist()
+    [2.0, 2.0]
+    """
+    n = max(x.sizes[dim] - 2, 0) if dim in x.dims else 0
+
+    def kernel(values: np.ndarray) -> np.ndarray:
+        return _k.first_difference(_k.compact(values)[0], 2)
+
+    (out,) = apply_to_series(kernel, x, dim=dim, out_sizes=[n], out_dtypes=[np.float64])
+    return out.rename("acceleration").assign_attrs(long_name="second difference per record")
+
+
+def record_steps(x: xr.DataArray, *, dim: str = STEP) -> xr.DataArray:
+    """The ``dim`` coordinate (true training step) of each record index of each series.
+
+    Examples
+    --------
+    >>> x = xr.DataArray([np.nan, 1.0, 2.0], dims="step", coords={"step": [0, 5, 10]})
+    >>> record_steps(x).values.tolist()
+    [5.0, 10.0, nan]
+    """
+    if dim not in x.coords:
+        raise InputError(f"array has no {dim!r} coordinate", field=dim)
+    coord = np.asarray(x[dim].values, dtype=np.float64)
+    (out,) = apply_to_series(
+        _k.compact_coordinate,
+        x,
+        dim=dim,
+        out_sizes=[x.sizes[dim]],
+        out_dtypes=[np.float64],
+        kwargs={"coord": coord},
+    )
+    return out.rename("train_step").assign_attrs(long_name=f"{dim} of the record")
+
+
+def detect_jumps(
+    x: xr.DataArray,
+    *,
+    threshold: float = 2.0,
+    dim: str = STEP,
+    alpha: float | None = None,
+    n_surrogates: int = DEFAULT_SURROGATES,
+    floor_ulps: float = DEFAULT_FLOOR_ULPS,
+    eps: float | None = None,
+    seed: int = 0,
+) -> xr.Dataset:
+    """The published z-score jump rule per velocity index, optionally with significance.
+
+    ``z = |v - mean(v)| / std(v)`` (population std) on each series' velocity;
+    index ``i`` is a jump where ``z > threshold``.
+
+    Parameters
+    ----------
+    x
+        Metric values along ``dim`` (NaN = missing record); other dims batch.
+    threshold
+        z-score threshold of the published rule.
+    dim
+        The series dimension.
+    alpha
+        If given, add the significance test of
+        :func:`~ndt_store.measures.significance.jump_significance` at this
+        family-wise level (``statistic``, ``p_value``, ``noise_floor``,
+        ``above_floor``, ``significant``).
+    n_surrogates, floor_ulps, eps, seed
+        Passed to the significance test.
+
+    Returns
+    -------
+    xarray.Dataset
+        Over (other dims..., ``index``) with ``len(dim) - 1`` record indices:
+        ``velocity``, ``z``, ``is_jump``, ``magnitude`` (``|v|``), ``speed``
+        (the study's 5-record window speed), ``direction`` (+1 increase, -1
+        decrease, 0 past the end); ``train_step`` (``dim`` coordinate of
+        record ``i``) when ``x`` has a ``dim`` coordinate.
+
+    Examples
+    --------
+    >>> x = xr.DataArray(np.r_[np.zeros(10), np.ones(10)], dims="step")
+    >>> np.flatnonzero(detect_jumps(x).is_jump.values).tolist()
+    [9]
+    """
+    n = max(x.sizes[dim] - 1, 0) if dim in x.dims else 0
+    names = ("velocity", "z", "is_jump", "magnitude", "speed", "direction")
+    outs = apply_to_series(
+        _k.zscore_jumps,
+        x,
+        dim=dim,
+        out_sizes=[n] * 6,
+        out_dtypes=[np.float64, np.float64, np.bool_, np.float64, np.float64, np.int8],
+        kwargs={"threshold": float(threshold)},
+    )
+    ds = xr.Dataset(dict(zip(names, outs, strict=True)))
+    ds["z"].attrs.update(long_name="|v - mean(v)| / std(v)")
+    ds["is_jump"].attrs.update(long_name="z-score jump", threshold=float(threshold))
+    ds["speed"].attrs.update(long_name="|x[e-1] - x[s]| / (e - s), s=max(0,i-2), e=min(n,i+3)")
+    if dim in x.coords:
+        ds["train_step"] = record_steps(x, dim=dim).isel({INDEX: slice(0, n)})
+    if alpha is not None:
+        sig = jump_significance(
+            x,
+            dim=dim,
+            alpha=alpha,
+            n_surrogates=n_surrogates,
+            floor_ulps=floor_ulps,
+            eps=eps,
+            seed=seed,
+        )
+        ds = ds.merge(sig)
+    return ds
+
+
+# --- critical periods -------------------------------------------------------------
+def _flagged(x: xr.DataArray, dim: str, percentile: float, order: int, name: str) -> xr.DataArray:
+    n = x.sizes[dim] if dim in x.dims else 0
+    (out,) = apply_to_series(
+        _k.critical_mask,
+        x,
+        dim=dim,
+        out_sizes=[n],
+        out_dtypes=[np.float64],
+        kwargs={"q": float(percentile), "order": order},
+    )
+    return out.rename(name).assign_attrs(percentile=float(percentile))
+
+
+def critical_periods(x: xr.DataArray, *, percentile: float = 90, dim: str = STEP) -> xr.DataArray:
+    """Critical record indices: ``|v[i]|`` above the series' ``percentile`` of ``|v|``.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``critical`` over (other dims..., ``index``) with ``len(dim)`` record
+        indices: 1.0 critical, 0.0 a record that is not, NaN where the series
+        has no record (so absent layers and shorter runs stay out of counts).
+
+    Examples
+    --------
+    >>> x = xr.DataArray([0.0, 0, 0, 1, 1, 1], dims="step")
+    >>> critical_periods(x).values.tolist()
+    [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    """
+    out = _flagged(x, dim, percentile, 1, "critical")
+    return out.assign_attrs(long_name="critical record (|velocity| above percentile)")
+
+
+def transitions(x: xr.DataArray, *, percentile: float = 90, dim: str = STEP) -> xr.DataArray:
+    """Transition record indices: ``|Δ²x[i]|`` above the series' ``percentile`` of ``|Δ²x|``.
+
+    Same encoding as :func:`critical_periods`.
+
+    Examples
+    --------
+    >>> x = xr.DataArray([0.0, 0, 0, 1, 1, 1], dims="step")
+    >>> transitions(x, percentile=50).values.tolist()
+    [0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    """
+    out = _flagged(x, dim, percentile, 2, "transition")
+    return out.assign_attrs(long_name="transition record (|acceleration| above percentile)")
+
+
+def coordination(
+    critical: xr.DataArray, *, layer_dim: str = LAYER, index_dim: str = INDEX
+) -> xr.Dataset:
+    """How many layers are critical together, per record index and summarized.
+
+    Parameters
+    ----------
+    critical
+        Output of :func:`critical_periods` (1.0 / 0.0 / NaN for no record).
+    layer_dim
+        Dimension reduced over: the score's denominator is the number of
+        layers *with a record* at that index (the layers the run has).
+    index_dim
+        Record-index dimension summarized over.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``coordination_score`` (other dims..., index), and over the other
+        dims ``num_coordinated_periods`` (indices with score ``>= 0.5``),
+        ``max_coordination`` and ``mean_coordination`` (over the run's records).
+
+    Examples
+    --------
+    >>> c = xr.DataArray([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [np.nan] * 3], dims=("layer", "index"))
+    >>> res = coordination(c)
+    >>> res.coordination_score.values.tolist(), int(res.num_coordinated_periods)
+    ([1.0, 0.5, 0.0], 2)
+    """
+    flagged = critical.sum(layer_dim, skipna=True)
+    present = critical.count(layer_dim)
+    score = (flagged / present.where(present > 0)).rename("coordination_score")
+    return xr.Dataset(
+        {
+            "coordination_score": score.assign_attrs(long_name="share of layers critical"),
+            "num_coordinated_periods": (score >= 0.5).sum(index_dim),
+            "max_coordination": score.max(index_dim),
+            "mean_coordination": score.mean(index_dim),
+        }
+    )
+
+
+def loss_correlation(
+    critical: xr.DataArray,
+    loss: xr.DataArray,
+    *,
+    dim: str = STEP,
+    layer_dim: str = LAYER,
+    index_dim: str = INDEX,
+) -> xr.DataArray:
+    """Mean over layers of the share of a layer's critical indices where the loss falls.
+
+    ``diff(loss)[i] < 0`` is tested at each critical record index ``i``; a
+    layer with no critical index counts 0; layers with no record are left out.
+    The loss is compacted along ``dim`` like the metric, so it must be
+    recorded at the same steps as the metric.
+
+    Examples
+    --------
+    >>> c = xr.DataArray([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dims=("layer", "index"))
+    >>> loss = xr.DataArray([3.0, 2.0, 2.5], dims="step")
+    >>> float(loss_correlation(c, loss))
+    0.25
+    """
+    falling = velocity(loss, dim=dim) < 0
+    falling = falling.rename({INDEX: index_dim}) if index_dim != INDEX else falling
+    falling = falling.reindex({index_dim: critical[index_dim].values}, fill_value=False)
+    hit = critical == 1
+    n_crit = hit.sum(index_dim)
+    share = (hit & falling).sum(index_dim) / n_crit.where(n_crit > 0)
+    share = share.fillna(0.0).where(critical.count(index_dim) > 0)
+    return share.mean(layer_dim).rename("loss_correlation")
+
+
+# --- tables -------------------------------------------------------------------------
+def _metric(ds: xr.Dataset | xr.DataArray, variable: str) -> xr.DataArray:
+    x = ds[variable] if isinstance(ds, xr.Dataset) else ds
+    missing = [d for d in (EXPERIMENT, LAYER) if d not in x.dims]
+    if missing:
+        raise InputError(
+            f"a Phase 1 table needs dims {EXPERIMENT!r} and {LAYER!r}",
+            field="dims",
+            value=tuple(x.dims),
+        )
+    return x
+
+
+def _coord(x: xr.DataArray, name: str, fill: object = None) -> np.ndarray:
+    if name in x.coords:
+        return np.asarray(x[name].values)
+    return np.full(x.sizes[EXPERIMENT], fill, dtype=object)
+
+
+def _phase_category(phase: np.ndarray) -> np.ndarray:
+    return np.where(phase < 0.33, "early", np.where(phase < 0.67, "mid", "late"))
+
+
+def _jump_block(
+    x: xr.DataArray,
+    threshold: float,
+    alpha: float | None,
+    sig_alpha: float | None,
+    options: dict[str, Any],
+) -> pd.DataFrame:
+    """Rows of the jump table for an in-memory block of experiments."""
+    res = detect_jumps(x, threshold=threshold, **options)
+    res = res.transpose(EXPERIMENT, LAYER, INDEX, ...)
+    keep = res["is_jump"].values
+    if alpha is not None:
+        keep = keep & (res["p_value"].values <= alpha) & res["above_floor"].values
+    e, layer, i = np.nonzero(keep)
+    num_steps = np.asarray(_coord(x, NUM_STEPS, np.nan), dtype=np.float64)
+    phase = i / num_steps[e]
+    velocity_values = res["velocity"].values[e, layer, i]
+    out = {
+        "step": i.astype(np.int64),
+        "magnitude": res["magnitude"].values[e, layer, i],
+        "speed": res["speed"].values[e, layer, i],
+        "direction": np.where(velocity_values > 0, "increase", "decrease"),
+        "phase": phase,
+        "layer": np.asarray(x[LAYER].values, dtype=object)[layer],
+        "experiment": np.asarray(x[EXPERIMENT].values, dtype=object)[e],
+        "arch_name": _coord(x, ARCH_NAME)[e],
+        "dataset": _coord(x, DATASET)[e],
+        "phase_category": _phase_category(phase),
+        "index": i.astype(np.int64),
+        "train_step": (
+            res["train_step"].values[e, layer, i]
+            if "train_step" in res
+            else np.full(i.size, np.nan)
+        ),
+        "z": res["z"].values[e, layer, i],
+        "velocity": velocity_values,
+    }
+    if "p_value" in res:
+        significant = (res["p_value"].values <= sig_alpha) & res["above_floor"].values
+        out["p_value"] = res["p_value"].values[e, layer, i]
+        out["noise_floor"] = res["noise_floor"].values[e, layer]
+        out["significant"] = significant[e, layer, i]
+    else:
+        out["p_value"] = np.full(i.size, np.nan)
+        out["noise_floor"] = np.full(i.size, np.nan)
+        out["significant"] = np.zeros(i.size, dtype=bool)
+    return pd.DataFrame(out)
+
+
+def _experiment_blocks(x: xr.DataArray) -> list[slice]:
+    if x.chunks is not None:
+        sizes = x.chunksizes[EXPERIMENT]
+    else:
+        n = x.sizes[EXPERIMENT]
+        sizes = tuple([_BLOCK_EXPERIMENTS] * (n // _BLOCK_EXPERIMENTS)) + (
+            (n % _BLOCK_EXPERIMENTS,) if n % _BLOCK_EXPERIMENTS else ()
+        )
+    bounds = np.cumsum((0, *sizes))
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+
+def jump_table(
+    ds: xr.Dataset | xr.DataArray,
+    *,
+    threshold: float = 2.0,
+    alpha: float | None = None,
+    variable: str = STABLE_RANK,
+    dim: str = STEP,
+    n_surrogates: int = DEFAULT_SURROGATES,
+    floor_ulps: float = DEFAULT_FLOOR_ULPS,
+    eps: float | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The study's jump table (``all_jumps_detailed.csv``), with significance columns.
+
+    Parameters
+    ----------
+    ds
+        Phase 1 data with dims ``experiment``, ``dim`` and ``layer`` (a
+        Dataset holding ``variable``, or that DataArray). Coordinates
+        ``num_steps``, ``arch_name`` and ``dataset`` on ``experiment`` fill
+        the matching columns. numpy- or dask-backed; dask data is processed
+        chunk by chunk along ``experiment`` (memory bounded by the chunk).
+    threshold
+        z-score threshold of the published rule.
+    alpha
+        ``None``: every z-score jump is listed (the published table) and
+        ``significant`` is evaluated at ``DEFAULT_ALPHA`` (0.05). A number:
+        only the z-score jumps with ``p_value <= alpha`` above the noise
+        floor are listed, and ``significant`` uses ``alpha``.
+    variable
+        The metric (default ``stable_rank``).
+    dim
+        The training-step dimension.
+    n_surrogates
+        Surrogates per series for ``p_value``; ``0`` skips the significance
+        test (``p_value``/``noise_floor`` NaN, ``significant`` False) and
+        cannot be combined with ``alpha``.
+    floor_ulps, eps, seed
+        See :func:`~ndt_store.measures.significance.jump_significance`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per jump, sorted by experiment, layer, record index, with
+        :data:`JUMP_COLUMNS`: ``step`` and ``index`` are the record index,
+        ``train_step`` the training step of that record, ``phase`` is
+        ``index / num_steps``.
+
+    Examples
+    --------
+    >>> x = xr.DataArray(
+    ...     np.r_[np.zeros(10), np.ones(10)][None, :, None],
+    ...     dims=("experiment", "step", "layer"),
+    ...     coords={"experiment": ["run"], "layer": ["fc"], "step": np.arange(0, 100, 5),
+    ...             "num_steps": ("experiment", [100])},
+    ... )
+    >>> jump_table(x, n_surrogates=0)[["step", "train_step", "direction", "phase"]].values.tolist()
+    [[9, 45.0, 'increase', 0.09]]
+    """
+    x = _metric(ds, variable)
+    if alpha is not None and n_surrogates < 1:
+        raise InputError("alpha needs the significance test", field="n_surrogates", value=0)
+    options: dict[str, Any] = {"dim": dim}
+    if n_surrogates > 0:
+        options.update(
+            alpha=DEFAULT_ALPHA if alpha is None else alpha,
+            n_surrogates=n_surrogates,
+            floor_ulps=floor_ulps,
+            eps=eps,
+            seed=seed,
+        )
+    sig_alpha = options.get("alpha")
+    blocks = [x.isel({EXPERIMENT: sl}) for sl in _experiment_blocks(x)]
+
+    def block_table(block: xr.DataArray) -> pd.DataFrame:
+        return _jump_block(block, threshold, alpha, sig_alpha, options)
+
+    if x.chunks is not None:  # one task per chunk along experiment; each gets numpy data
+        parts = list(dask.compute(*[dask.delayed(block_table)(b) for b in blocks]))
+    else:
+        parts = [block_table(b) for b in blocks]
+    if not parts:
+        parts = [_jump_block(x, threshold, None, None, {"dim": dim})]
+    table = pd.concat(parts, ignore_index=True)
+    table = table.sort_values(["experiment", "layer", "index"], kind="stable")
+    return table.reset_index(drop=True)[list(JUMP_COLUMNS)]
+
+
+def critical_period_table(
+    ds: xr.Dataset,
+    *,
+    percentile: float = 90,
+    variable: str = STABLE_RANK,
+    dim: str = STEP,
+) -> pd.DataFrame:
+    """The study's critical-period table (``critical_periods_detailed.csv``), one row per run.
+
+    Parameters
+    ----------
+    ds
+        Phase 1 Dataset with ``variable`` over (``experiment``, ``dim``,
+        ``layer``) and ``loss`` over (``experiment``, ``dim``); numpy- or
+        dask-backed (reductions run lazily, chunk by chunk, then one compute).
+    percentile
+        Percentile of the critical and transition rules.
+    variable, dim
+        The metric and the training-step dimension.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``experiment, arch_name, dataset, total_critical_steps,
+        total_transitions, num_coordinated_periods, max_coordination,
+        mean_coordination, loss_correlation``, sorted by experiment.
+
+    Examples
+    --------
+    >>> sr = np.r_[0.0, 0, 0, 1, 1, 1][None, :, None]
+    >>> ds = xr.Dataset(
+    ...     {"stable_rank": (("experiment", "step", "layer"), sr),
+    ...      "loss": (("experiment", "step"), np.r_[6.0, 5, 4, 3, 2, 1][None, :])},
+    ...     coords={"experiment": ["run"], "layer": ["fc"]},
+    ... )
+    >>> row = critical_period_table(ds).iloc[0]
+    >>> int(row.total_critical_steps), float(row.loss_correlation)
+    (1, 1.0)
+    """
+    x = _metric(ds, variable)
+    if LOSS not in ds:
+        raise InputError(f"a critical-period table needs {LOSS!r}", field=LOSS)
+    crit = critical_periods(x, percentile=percentile, dim=dim)
+    trans = transitions(x, percentile=percentile, dim=dim)
+    coord = coordination(crit)
+    summary = xr.Dataset(
+        {
+            "total_critical_steps": (crit == 1).sum((LAYER, INDEX)),
+            "total_transitions": (trans == 1).sum((LAYER, INDEX)),
+            "num_coordinated_periods": coord["num_coordinated_periods"],
+            "max_coordination": coord["max_coordination"],
+            "mean_coordination": coord["mean_coordination"],
+            "loss_correlation": loss_correlation(crit, ds[LOSS], dim=dim),
+        }
+    )
+    summary = summary.reset_coords(drop=True).compute()
+    table = pd.DataFrame(
+        {
+            "experiment": np.asarray(x[EXPERIMENT].values, dtype=object),
+            "arch_name": _coord(x, ARCH_NAME),
+            "dataset": _coord(x, DATASET),
+            **{name: summary[name].values for name in CRITICAL_COLUMNS[3:]},
+        }
+    )
+    for name in ("total_critical_steps", "total_transitions", "num_coordinated_periods"):
+        table[name] = table[name].astype(np.int64)
+    return table.sort_values("experiment", kind="stable").reset_index(drop=True)
