@@ -148,9 +148,12 @@ def first_difference(x: npt.ArrayLike, order: int = 1) -> np.ndarray:
 def zscore(v: npt.ArrayLike) -> np.ndarray:
     """``|v - mean(v)| / std(v)`` per series (population std), ignoring trailing NaN.
 
-    Computed as numpy's ``mean``/``std`` do (pairwise sums of the same values),
-    so an unpadded series gives exactly ``np.abs(v - v.mean()) / v.std()``. A
-    series with zero spread gives NaN (never a jump).
+    ``v`` holds each series' values first, then NaN (the compacted layout).
+    Series of equal length are reduced together exactly as numpy's
+    ``mean``/``std`` reduce one series (same pairwise sums over the same
+    values), so the result equals ``np.abs(v - v.mean()) / v.std()`` of each
+    series bit for bit, whatever its padding. A series with zero spread gives
+    NaN (never a jump).
 
     Examples
     --------
@@ -158,14 +161,17 @@ def zscore(v: npt.ArrayLike) -> np.ndarray:
     [0.57735, 0.57735, 0.57735, 1.732051, nan]
     """
     a = _float(v)
-    valid = ~np.isnan(a)
-    n = valid.sum(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.where(valid, a, 0.0).sum(axis=-1) / n
-        dev = np.where(valid, a - mean[..., None], 0.0)
-        std = np.sqrt(np.multiply(dev, dev).sum(axis=-1) / n)
-        z = np.abs(a - mean[..., None]) / std[..., None]
-    return np.where(std[..., None] > 0, z, np.nan)
+    flat = a.reshape(-1, a.shape[-1])
+    count = (~np.isnan(flat)).sum(axis=-1)
+    z = np.full(flat.shape, np.nan)
+    for n in np.unique(count[count > 0]):  # one pass per distinct series length
+        rows = np.flatnonzero(count == n)
+        block = flat[rows, :n]
+        centered = block - block.mean(axis=-1, keepdims=True)
+        std = block.std(axis=-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z[rows, :n] = np.where(std > 0, np.abs(centered) / std, np.nan)
+    return z.reshape(a.shape)
 
 
 def window_speed(x: npt.ArrayLike, count: npt.ArrayLike) -> np.ndarray:
