@@ -1,0 +1,479 @@
+"""Critical moments: where in training to look (around jumps and critical periods).
+
+A *moment* is one point of one run chosen for a closer look: the record before a
+dimensionality jump, the jump itself, the record after it, or the peak of a
+coordinated critical period. Jumps come from the study's published jump table
+when the store holds it, else from :func:`ndt_store.measures.dynamics.jump_table`.
+
+Two step conventions exist (see ``docs/legacy-api.md``):
+
+* ``steps="train"`` (default): ``CriticalMoment.step`` is a true training step.
+  The jump at record index ``i`` is "during" at record ``i``; "before" and
+  "after" are ``offset`` *records* earlier/later (clipped to the run).
+* ``steps="index"``: the study's convention. The published ``step`` column is a
+  record index, and the study's code shifted it by ``offset`` and then used the
+  result as a training step. Kept to reproduce the study's numbers.
+
+Every moment carries ``index`` (record index) and ``train_step`` (training step
+of that record, ``None`` past the end of the run) whichever convention is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ndt_store._dims import EXPERIMENT, INDEX, LAYER, LOSS, STABLE_RANK, STEP
+from ndt_store.errors import InputError
+from ndt_store.ingest.tables import JUMPS_TABLE, PERIODS_TABLE
+from ndt_store.measures.dynamics import (
+    coordination,
+    critical_period_table,
+    critical_periods,
+    jump_table,
+    velocity,
+)
+from ndt_store.store import Store
+
+__all__ = [
+    "MOMENT_TYPES",
+    "CriticalMoment",
+    "StepMode",
+    "identify_moments",
+    "jump_moments",
+    "period_moments",
+    "store_jumps",
+    "store_periods",
+]
+
+StepMode = Literal["train", "index"]
+MOMENT_TYPES: tuple[str, ...] = ("before_jump", "during_jump", "after_jump", "critical_period")
+"""The ``moment_type`` values, as in the study."""
+
+
+@dataclass
+class CriticalMoment:
+    """One moment of one run chosen for investigation (the study's dataclass, extended).
+
+    Attributes
+    ----------
+    experiment_name
+        The run.
+    step
+        Training step (``steps="train"``) or the study's shifted record index
+        (``steps="index"``); comparisons treat it as a training step.
+    moment_type
+        One of :data:`MOMENT_TYPES`.
+    jump_info
+        The jump-table row (plain Python values), or a description of the period.
+    index
+        Record index of the moment (may lie past the run in ``"index"`` mode).
+    train_step
+        Training step of record ``index``; ``None`` when ``index`` is past the run.
+
+    Examples
+    --------
+    >>> CriticalMoment("run", 45, "during_jump").moment_type
+    'during_jump'
+    """
+
+    experiment_name: str
+    step: int
+    moment_type: str
+    jump_info: dict[str, Any] | None = None
+    index: int | None = field(default=None, compare=False)
+    train_step: int | None = field(default=None, compare=False)
+
+
+# ----------------------------------------------------------------------- tables
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the matching Python scalar."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: _plain(v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
+def _experiments(store: Store, experiments: Sequence[str] | None) -> list[str]:
+    names = store.experiments() if experiments is None else list(experiments)
+    for name in names:
+        store.metadata(name)  # NotFoundError naming the store and the known runs
+    return names
+
+
+def store_jumps(
+    store: Store,
+    experiments: Sequence[str] | None = None,
+    *,
+    threshold: float = 2.0,
+    alpha: float | None = None,
+) -> pd.DataFrame:
+    """The jump table of stored runs: published columns plus index, train_step, p-values.
+
+    Computed with :func:`~ndt_store.measures.dynamics.jump_table` on
+    :meth:`Store.measurements`; the published ``cluster`` column (not
+    reproducible from a subset of runs) is joined from the stored published
+    table when present (missing: ``-1``).
+
+    Parameters
+    ----------
+    store
+        The store.
+    experiments
+        Runs to include (default: all).
+    threshold
+        z-score threshold of the published rule.
+    alpha
+        ``None``: every z-score jump (the published table). A number: only
+        jumps significant at this family-wise level.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per jump, sorted by experiment, layer and record index.
+    """
+    names = _experiments(store, experiments)
+    if not names:
+        return jump_table(xr.DataArray(np.zeros((0, 0, 0)), dims=(EXPERIMENT, STEP, LAYER)))
+    table = jump_table(store.measurements(names), threshold=threshold, alpha=alpha)
+    cluster = np.full(len(table), -1, dtype=np.int64)
+    if JUMPS_TABLE in store.tables():
+        pub = store.table(JUMPS_TABLE)
+        if "cluster" in pub.columns:
+            key = ["experiment", "layer", "step"]
+            merged = table[key].merge(pub[[*key, "cluster"]], on=key, how="left")
+            cluster = merged["cluster"].fillna(-1).to_numpy(dtype=np.int64)
+    cols = list(table.columns)
+    table.insert(cols.index("phase_category") + 1, "cluster", cluster)
+    return table
+
+
+def store_periods(store: Store, experiments: Sequence[str] | None = None) -> pd.DataFrame:
+    """The critical-period table of stored runs (as the published one), computed.
+
+    Examples
+    --------
+    >>> import tempfile, ndt_store
+    >>> store_periods(ndt_store.open_store(tempfile.mkdtemp() + "/s.zarr")).empty
+    True
+    """
+    names = _experiments(store, experiments)
+    if not names:
+        return pd.DataFrame(columns=["experiment"])
+    return critical_period_table(store.measurements(names).compute())
+
+
+def _jump_rows(
+    store: Store | None,
+    table: pd.DataFrame | None,
+    experiment: str,
+    threshold: float,
+    alpha: float | None,
+) -> pd.DataFrame:
+    """The jump rows of one run: published when stored (and ``alpha`` is None), else computed."""
+    if table is not None:
+        rows = table[table["experiment"] == experiment]
+        if alpha is not None:
+            if "significant" not in rows.columns and "p_value" not in rows.columns:
+                raise InputError(
+                    "filtering on alpha needs a jump table with p_value/significant columns",
+                    field="alpha",
+                    value=alpha,
+                )
+            if "p_value" in rows.columns:
+                keep = rows["p_value"] <= alpha
+                if "noise_floor" in rows.columns:
+                    keep &= rows["noise_floor"].isna() | (rows["magnitude"] > rows["noise_floor"])
+            else:
+                keep = rows["significant"].astype(bool)
+            rows = rows[keep]
+        return rows
+    assert store is not None
+    store.metadata(experiment)
+    if alpha is None and threshold == 2.0 and JUMPS_TABLE in store.tables():
+        pub = store.table(JUMPS_TABLE)
+        rows = pub[pub["experiment"] == experiment]
+        if len(rows):
+            return rows
+    return jump_table(store.measurements([experiment]), threshold=threshold, alpha=alpha)
+
+
+def _record_steps(store: Store | None, experiment: str) -> np.ndarray | None:
+    if store is None:
+        return None
+    return np.asarray(store.phase1(experiment)[STEP].values, dtype=np.int64)
+
+
+def _train_step(steps: np.ndarray | None, index: int) -> int | None:
+    if steps is None or not 0 <= index < steps.size:
+        return None
+    return int(steps[index])
+
+
+def _moment(
+    experiment: str,
+    kind: str,
+    index: int,
+    steps: np.ndarray | None,
+    mode: StepMode,
+    info: dict[str, Any],
+) -> CriticalMoment:
+    train = _train_step(steps, index)
+    if mode == "index":
+        step = index
+    else:
+        if train is None:
+            raise InputError(f"record index {index} is outside the run", field="index", value=index)
+        step = train
+    return CriticalMoment(experiment, step, kind, info, index=index, train_step=train)
+
+
+def jump_moments(
+    source: Store | pd.DataFrame,
+    experiment: str,
+    *,
+    num_jumps: int = 5,
+    offset: int = 10,
+    steps: StepMode = "train",
+    threshold: float = 2.0,
+    alpha: float | None = None,
+) -> list[CriticalMoment]:
+    """Before / during / after moments of the ``num_jumps`` largest jumps of a run.
+
+    Jumps are sorted by ``magnitude``, largest first (ties keep table order).
+
+    Parameters
+    ----------
+    source
+        A store (published jump table if stored, else computed jumps), or a
+        jump table (``DataFrame`` with ``experiment``, ``step``, ``magnitude``).
+    experiment
+        The run.
+    num_jumps
+        How many jumps.
+    offset
+        Distance of "before"/"after" from the jump, in records.
+    steps
+        ``"train"``: moments at training steps (needs a store); ``"index"``:
+        the study's convention (see the module docstring).
+    threshold
+        z-score threshold when jumps are computed.
+    alpha
+        Keep only jumps significant at this level (``p_value <= alpha``).
+
+    Returns
+    -------
+    list of CriticalMoment
+        Three per jump, in order before, during, after.
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"experiment": ["r", "r"], "step": [40, 7], "magnitude": [1.0, 3.0]})
+    >>> [(m.step, m.moment_type) for m in jump_moments(table, "r", num_jumps=1, steps="index")]
+    [(0, 'before_jump'), (7, 'during_jump'), (17, 'after_jump')]
+    """
+    if steps not in ("train", "index"):
+        raise InputError("steps must be 'train' or 'index'", field="steps", value=steps)
+    store = source if isinstance(source, Store) else None
+    table = source if isinstance(source, pd.DataFrame) else None
+    rows = _jump_rows(store, table, experiment, threshold, alpha)
+    record_steps = _record_steps(store, experiment)
+    if steps == "train" and record_steps is None:
+        raise InputError(
+            "steps='train' needs a store (to map record indices to training steps)",
+            field="steps",
+            value=steps,
+        )
+    if rows.empty:
+        return []
+    magnitude = pd.to_numeric(rows["magnitude"], errors="coerce").fillna(0.0).to_numpy()
+    order = np.argsort(-magnitude, kind="stable")[: max(num_jumps, 0)]
+    records = _records(rows)
+    out: list[CriticalMoment] = []
+    last = None if record_steps is None else record_steps.size - 1
+    for k in order:
+        info = records[int(k)]
+        i = int(info.get(INDEX, info[STEP]))
+        before, after = max(0, i - offset), i + offset
+        if steps == "train" and last is not None:
+            after = min(last, after)
+        for kind, idx in (("before_jump", before), ("during_jump", i), ("after_jump", after)):
+            out.append(_moment(experiment, kind, idx, record_steps, steps, info))
+    return out
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
+    d = np.diff(padded)
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist(), strict=True))
+
+
+def period_moments(
+    store: Store,
+    experiment: str,
+    *,
+    num_periods: int = 5,
+    min_coordination: float = 0.5,
+    min_loss_correlation: float | None = None,
+    percentile: float = 90,
+    steps: StepMode = "train",
+) -> list[CriticalMoment]:
+    """Moments at the peaks of coordinated critical periods of a run.
+
+    A *period* is a run of consecutive record indices whose coordination score
+    (share of layers critical there, see
+    :func:`~ndt_store.measures.dynamics.coordination`) is at least
+    ``min_coordination``. Its ``loss_correlation`` is the share of its critical
+    (layer, index) pairs where the loss falls (the published statistic,
+    restricted to the period). Periods are ranked by peak coordination, then
+    loss correlation; the moment sits at the peak record.
+
+    Parameters
+    ----------
+    store, experiment
+        The run.
+    num_periods
+        How many periods.
+    min_coordination
+        Coordination threshold of a period (the study's 0.5).
+    min_loss_correlation
+        Keep only periods whose loss correlation is at least this.
+    percentile
+        Percentile of the critical-index rule.
+    steps
+        As in :func:`jump_moments`.
+
+    Returns
+    -------
+    list of CriticalMoment
+        ``moment_type="critical_period"``; ``jump_info`` describes the period
+        (``start_index``, ``end_index``, ``start_step``, ``end_step``,
+        ``peak_index``, ``peak_coordination``, ``mean_coordination``,
+        ``loss_correlation``).
+    """
+    ds = store.phase1(experiment)
+    x = ds[STABLE_RANK]
+    crit = critical_periods(x, percentile=percentile)
+    score = coordination(crit)["coordination_score"].values
+    falling = np.zeros(score.size, dtype=bool)
+    v = velocity(ds[LOSS]).values
+    falling[: v.size] = v < 0
+    hit = crit.transpose(INDEX, LAYER).values == 1
+    record_steps = np.asarray(ds[STEP].values, dtype=np.int64)
+    periods = []
+    for start, stop in _runs(np.nan_to_num(score, nan=0.0) >= min_coordination):
+        seg = score[start:stop]
+        peak = start + int(np.argmax(seg))
+        n_hit = int(hit[start:stop].sum())
+        share = float((hit[start:stop] & falling[start:stop, None]).sum() / n_hit) if n_hit else 0.0
+        if min_loss_correlation is not None and share < min_loss_correlation:
+            continue
+        periods.append(
+            {
+                "experiment": experiment,
+                "start_index": start,
+                "end_index": stop - 1,
+                "start_step": int(record_steps[start]),
+                "end_step": int(record_steps[stop - 1]),
+                "peak_index": peak,
+                "peak_coordination": float(score[peak]),
+                "mean_coordination": float(seg.mean()),
+                "loss_correlation": share,
+            }
+        )
+    periods.sort(key=lambda p: (-p["peak_coordination"], -p["loss_correlation"], p["start_index"]))
+    return [
+        _moment(experiment, "critical_period", p["peak_index"], record_steps, steps, p)
+        for p in periods[: max(num_periods, 0)]
+    ]
+
+
+def identify_moments(
+    source: Store | pd.DataFrame,
+    experiment: str,
+    *,
+    num_jumps: int = 5,
+    offset: int = 10,
+    steps: StepMode = "train",
+    threshold: float = 2.0,
+    alpha: float | None = None,
+    num_periods: int = 0,
+    min_coordination: float = 0.5,
+    min_loss_correlation: float | None = None,
+) -> list[CriticalMoment]:
+    """Critical moments of a run: around its largest jumps, then its critical periods.
+
+    Parameters
+    ----------
+    source
+        A store, or a jump table (jump moments only, ``steps="index"``).
+    experiment
+        The run.
+    num_jumps, offset, threshold, alpha
+        See :func:`jump_moments`.
+    steps
+        ``"train"`` (training steps) or ``"index"`` (the study's convention).
+    num_periods, min_coordination, min_loss_correlation
+        See :func:`period_moments` (``num_periods=0``: none).
+
+    Returns
+    -------
+    list of CriticalMoment
+
+    Examples
+    --------
+    >>> import tempfile, ndt_store
+    >>> from ndt_store.testing import make_phase1_obj, write_phase1_json
+    >>> d = tempfile.mkdtemp()
+    >>> store = ndt_store.open_store(d + "/s.zarr")
+    >>> path = write_phase1_json(d + "/run.json", n_records=60, jumps=[("fc2", 30, 5.0)])
+    >>> _ = ndt_store.ingest_phase1(store, path)
+    >>> moments = identify_moments(store, "run", num_jumps=1)
+    >>> [(m.moment_type, m.index, m.step) for m in moments]
+    [('before_jump', 19, 95), ('during_jump', 29, 145), ('after_jump', 39, 195)]
+    """
+    out = jump_moments(
+        source,
+        experiment,
+        num_jumps=num_jumps,
+        offset=offset,
+        steps=steps,
+        threshold=threshold,
+        alpha=alpha,
+    )
+    if num_periods > 0:
+        if not isinstance(source, Store):
+            raise InputError(
+                "critical-period moments need a store", field="num_periods", value=num_periods
+            )
+        out += period_moments(
+            source,
+            experiment,
+            num_periods=num_periods,
+            min_coordination=min_coordination,
+            min_loss_correlation=min_loss_correlation,
+            steps=steps,
+        )
+    return out
+
+
+def published_periods(store: Store, experiment: str) -> dict[str, Any]:
+    """The published critical-period row of a run as a dict (``{}`` when absent)."""
+    if PERIODS_TABLE not in store.tables():
+        return {}
+    df = store.table(PERIODS_TABLE)
+    rows = df[df["experiment"] == experiment]
+    return _records(rows)[0] if len(rows) else {}
+
+
+def published_jump_records(store: Store) -> list[dict[str, Any]]:
+    """The published jump table as a list of dicts (``[]`` when not stored)."""
+    if JUMPS_TABLE not in store.tables():
+        return []
+    return _records(store.table(JUMPS_TABLE))
