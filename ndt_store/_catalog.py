@@ -88,9 +88,13 @@ def _block_size(n_steps: int, n_layers: int) -> int:
 
 
 def _in_memory(store: Store) -> xr.Dataset:
+    import dask.array as da
+
     names, steps, layers = _layout(store)
     block = _fill_block(store, names, steps, {n: i for i, n in enumerate(layers)})
-    return _assemble(store, names, steps, layers, block)
+    lazy = {k: da.from_array(v, chunks=(min(len(names), 1024) or 1, *v.shape[1:]))
+            for k, v in block.items()}
+    return _assemble(store, names, steps, layers, lazy)
 
 
 def _assemble(

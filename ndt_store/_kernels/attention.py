@@ -77,11 +77,11 @@ def entropy(p: npt.ArrayLike, axis: int = -1, *, from_logits: bool = False) -> n
     a = np.moveaxis(a, axis, -1)
     dtype = float_dtype(a.dtype)
     lead, k = a.shape[:-1], a.shape[-1]
-    rows = a.reshape(-1, k)
-    n = rows.shape[0]
+    n = int(np.prod(lead))
     out = np.zeros(n, dtype=dtype)
     if n == 0 or k == 0:
         return out.reshape(lead)
+    rows = a.reshape(n, k)
     block = max(1, _BLOCK_BYTES // (k * dtype.itemsize))
     work = np.empty((min(block, n), k), dtype=dtype)
     tiny = np.finfo(dtype).tiny

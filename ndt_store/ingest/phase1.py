@@ -367,6 +367,10 @@ def write_phase1(
             exp.name, exp.dataset, exp.metadata, content_hash=exp.content_hash,
             overwrite=overwrite,
         )
+    if any(status != "unchanged" for status in result.values()):
+        from ndt_store._catalog import rebuild
+
+        rebuild(store)  # keep the cross-experiment view fresh for readers
     return result
 
 

@@ -3,7 +3,7 @@
 Stored activations are ``(step, sample, feature...)`` with the probe batch's class
 labels as coordinate ``label`` on ``sample``. Class means are one matrix product
 with a one-hot membership matrix, not a loop over classes. Results stay lazy on
-dask-backed input; only the (small, eager) label coordinate is read.
+dask-backed input; only the small label coordinate is read (computed, if it was lazy).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def activation_selectivity(
             field=str(label),
             value=act.dims,
         )
-    labels = act.coords[label].to_numpy()  # coordinates are small and eager
+    labels = act.coords[label].to_numpy()  # small; read even if the coordinate is lazy
     cls = np.unique(labels) if classes is None else np.asarray(classes)
     members = _k.one_hot(labels, cls, dtype=float_dtype(act.dtype))
     onehot = xr.DataArray(members, dims=(sample_dim, CLASS), coords={CLASS: cls})
