@@ -173,7 +173,8 @@ def attention_heads_comparison(
     rows = []
     for name, da in (("before", b), ("after", a)):
         sel = [_select_head(da, h, "heads") for h in chosen]
-        rows.append((name, da, np.stack([np.asarray(s.values) for s in sel])))
+        stacked = xr.concat(sel, dim=HEAD, coords="minimal", compat="override")
+        rows.append((name, da, np.asarray(stacked.values)))  # one compute per input
     vmin = min(float(np.nanmin(r[2])) for r in rows)
     vmax = max(float(np.nanmax(r[2])) for r in rows)
 

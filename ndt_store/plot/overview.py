@@ -14,6 +14,7 @@ from ndt_store.errors import InputError
 from ndt_store.plot._common import (
     DEFAULT_DPI,
     PathLike,
+    as_dataarray,
     finish,
     fmt,
     labels_of,
@@ -36,7 +37,8 @@ def experiment_overview(
     Parameters
     ----------
     data
-        Dataset holding ``metric``, or a DataArray, over ``(experiment, step, layer)``,
+        Dataset holding ``metric``, or a DataArray, over ``(experiment, step, layer)``
+        (a raw 3-D array is given those dims),
         with an ``arch_name`` coordinate on ``experiment`` (rows are its sorted values;
         without it all experiments share one row). Layers that are all NaN in an
         experiment (absent from its architecture) are not drawn.
@@ -70,7 +72,7 @@ def experiment_overview(
             )
         da = data[metric]
     else:
-        da = data
+        da = as_dataarray(data, (EXPERIMENT, STEP, LAYER), what="data")
     require_dims(da, (EXPERIMENT, STEP, LAYER), what=str(da.name or metric))
     da = da.transpose(EXPERIMENT, STEP, LAYER)
     experiments = labels_of(da, EXPERIMENT)
