@@ -75,10 +75,15 @@ def _metadata_coords(store: Store, names: list[str]) -> dict[str, Any]:
         values = [m.get(field) for m in metas]
         if all(v is None for v in values):
             continue
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in values):
+        if all(
+            (isinstance(v, (int, float)) and not isinstance(v, bool)) or v is None for v in values
+        ):
             coords[field] = (D.EXPERIMENT, np.asarray([np.nan if v is None else v for v in values]))
         else:
-            coords[field] = (D.EXPERIMENT, np.asarray(["" if v is None else str(v) for v in values]))
+            coords[field] = (
+                D.EXPERIMENT,
+                np.asarray(["" if v is None else str(v) for v in values]),
+            )
     return coords
 
 
@@ -92,17 +97,19 @@ def _in_memory(store: Store) -> xr.Dataset:
 
     names, steps, layers = _layout(store)
     block = _fill_block(store, names, steps, {n: i for i, n in enumerate(layers)})
-    lazy = {k: da.from_array(v, chunks=(min(len(names), 1024) or 1, *v.shape[1:]))
-            for k, v in block.items()}
+    lazy = {
+        k: da.from_array(v, chunks=(min(len(names), 1024) or 1, *v.shape[1:]))
+        for k, v in block.items()
+    }
     return _assemble(store, names, steps, layers, lazy)
 
 
 def _assemble(
     store: Store, names: list[str], steps: np.ndarray, layers: list[str], data: dict[str, Any]
 ) -> xr.Dataset:
-    data_vars = {
-        v: ((D.EXPERIMENT, D.STEP, D.LAYER), data[v]) for v in D.PHASE1_METRICS
-    } | {v: ((D.EXPERIMENT, D.STEP), data[v]) for v in (D.LOSS, D.GRAD_NORM, D.EPOCH)}
+    data_vars = {v: ((D.EXPERIMENT, D.STEP, D.LAYER), data[v]) for v in D.PHASE1_METRICS} | {
+        v: ((D.EXPERIMENT, D.STEP), data[v]) for v in (D.LOSS, D.GRAD_NORM, D.EPOCH)
+    }
     coords = {
         D.EXPERIMENT: np.asarray(names, dtype=str),
         D.STEP: steps,
@@ -129,8 +136,13 @@ def rebuild(store: Store) -> str:
         chunks = (e_chunk, s_chunk, max(n_l, 1)) if three else (e_chunk, max(1, n_s))
         dims = (D.EXPERIMENT, D.STEP, D.LAYER) if three else (D.EXPERIMENT, D.STEP)
         arrays[v] = grp.create_array(
-            v, shape=shape, dtype="f8", chunks=tuple(max(1, c) for c in chunks),
-            dimension_names=dims, fill_value=np.nan, compressors=COMPRESSORS,
+            v,
+            shape=shape,
+            dtype="f8",
+            chunks=tuple(max(1, c) for c in chunks),
+            dimension_names=dims,
+            fill_value=np.nan,
+            compressors=COMPRESSORS,
         )
     for coord, values, dim in (
         (D.EXPERIMENT, np.asarray(names, dtype=str), D.EXPERIMENT),
@@ -138,8 +150,11 @@ def rebuild(store: Store) -> str:
         (D.LAYER, np.asarray(layers, dtype=str), D.LAYER),
     ):
         arr = grp.create_array(
-            coord, shape=values.shape, dtype=str if values.dtype.kind in "UT" else values.dtype,
-            dimension_names=(dim,), chunks=values.shape if values.size else None,
+            coord,
+            shape=values.shape,
+            dtype=str if values.dtype.kind in "UT" else values.dtype,
+            dimension_names=(dim,),
+            chunks=values.shape if values.size else None,
         )
         if values.size:
             arr[...] = values

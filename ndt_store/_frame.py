@@ -96,7 +96,10 @@ class Frame:
         if name in self.group:
             self.group.__delitem__(name)
         arr = self.group.create_array(
-            name, shape=values.shape, dtype=values.dtype, dimension_names=dims,
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            dimension_names=dims,
             chunks=values.shape if values.size else (1,) * values.ndim,
         )
         if values.size:
@@ -181,10 +184,16 @@ class Frame:
             if name not in self.group:
                 col_dims = tuple(dims[name])
                 if len(col_dims) != values.ndim:
-                    raise InputError(f"column {name!r}: dims {col_dims} do not match {values.ndim}-d rows")
-                chunk = tuple(chunks[name]) if chunks and name in chunks else (
-                    default_row_chunk(values.shape[1:], values.dtype.itemsize),
-                    *values.shape[1:],
+                    raise InputError(
+                        f"column {name!r}: dims {col_dims} do not match {values.ndim}-d rows"
+                    )
+                chunk = (
+                    tuple(chunks[name])
+                    if chunks and name in chunks
+                    else (
+                        default_row_chunk(values.shape[1:], values.dtype.itemsize),
+                        *values.shape[1:],
+                    )
                 )
                 self.group.create_array(
                     name,

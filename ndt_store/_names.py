@@ -47,7 +47,9 @@ def validate_name(name: object, *, kind: str = "experiment") -> str:
     if name in {".", ".."}:
         raise InvalidNameError(f"{kind} name {name!r} is not allowed: it would escape the store")
     if len(name) > _MAX_LEN:
-        raise InvalidNameError(f"{kind} name is longer than {_MAX_LEN} characters: {name[:40]!r}...")
+        raise InvalidNameError(
+            f"{kind} name is longer than {_MAX_LEN} characters: {name[:40]!r}..."
+        )
     bad = sorted({c for c in name if c in _FORBIDDEN})
     if bad:
         raise InvalidNameError(

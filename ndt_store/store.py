@@ -413,8 +413,7 @@ class Store:
             }
         else:
             arrays = {
-                name: frame.read(name)
-                for name in (D.STEP, "metrics", D.LOSS, D.GRAD_NORM, D.EPOCH)
+                name: frame.read(name) for name in (D.STEP, "metrics", D.LOSS, D.GRAD_NORM, D.EPOCH)
             }
         arrays[D.LAYER] = layers
         arrays[D.LAYER] = np.asarray([str(x) for x in arrays[D.LAYER]], dtype=object)
@@ -525,7 +524,8 @@ class Store:
                     raise InputError(f"{kind} {name!r}: dtype {arr.dtype} is not numeric")
                 if kind == D.ATTENTION and arr.ndim != 4:
                     raise InputError(
-                        f"attention {name!r} must be [sample, head, query, key]; got shape {arr.shape}"
+                        f"attention {name!r} must be [sample, head, query, key]; "
+                        f"got shape {arr.shape}"
                     )
                 col = f"{kind}/{name}"
                 columns[col] = arr[None]
@@ -614,7 +614,9 @@ class Store:
             out[label] = da_
         return out
 
-    def weights(self, experiment: str, *, steps: Sequence[int] | None = None) -> dict[str, xr.DataArray]:
+    def weights(
+        self, experiment: str, *, steps: Sequence[int] | None = None
+    ) -> dict[str, xr.DataArray]:
         """Stored parameters of ``experiment``: ``{name: DataArray(step, ...)}``, lazy, by step."""
         out = self._snapshot_arrays(experiment, D.WEIGHTS, None)
         if steps is not None:
@@ -657,7 +659,9 @@ class Store:
                 if values.dtype.kind in "OUT":
                     values = np.asarray(values.astype(str), dtype=str)
                 arr = grp.create_array(
-                    str(col), shape=values.shape, dtype=str if values.dtype.kind in "OUT" else values.dtype,
+                    str(col),
+                    shape=values.shape,
+                    dtype=str if values.dtype.kind in "OUT" else values.dtype,
                     dimension_names=("row",),
                 )
                 if values.size:
@@ -770,7 +774,9 @@ def _append_phase1_rows(frame: Frame, ds: xr.Dataset, layers: list[str]) -> int:
     return frame.append(cols, dims=dims, chunks=chunks)
 
 
-def _phase1_dataset(arrays: dict[str, np.ndarray], metadata: dict[str, Any], name: str) -> xr.Dataset:
+def _phase1_dataset(
+    arrays: dict[str, np.ndarray], metadata: dict[str, Any], name: str
+) -> xr.Dataset:
     steps = arrays[D.STEP]
     data_vars: dict[str, Any] = {
         m: ((D.STEP, D.LAYER), arrays["metrics"][:, :, i]) for i, m in enumerate(D.PHASE1_METRICS)
@@ -860,7 +866,9 @@ def open_store(
         try:
             root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+", zarr_format=3)
         except (ValueError, TypeError) as exc:
-            raise CorruptStoreError(f"{os.fspath(location)!r}: unreadable root metadata ({exc})") from None
+            raise CorruptStoreError(
+                f"{os.fspath(location)!r}: unreadable root metadata ({exc})"
+            ) from None
         info = root.attrs.get(ROOT_ATTR)
         if not isinstance(info, dict) or "format" not in info:
             raise CorruptStoreError(

@@ -42,6 +42,7 @@ def real_store(shared_phase1: Path, tmp_path_factory: pytest.TempPathFactory):
     store = ndt_store.open_store(path)
     ndt_store.ingest_phase1(store, shared_phase1)
     found = find_tables(shared_phase1)
-    ndt_store.ingest_tables(store, jumps=found["published_jumps"],
-                            periods=found["published_critical_periods"])
+    ndt_store.ingest_tables(
+        store, jumps=found["published_jumps"], periods=found["published_critical_periods"]
+    )
     return ndt_store.open_store(path, mode="r")

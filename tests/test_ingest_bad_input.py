@@ -56,7 +56,10 @@ CASES = {
         r"record 7 \(step 35\).*missing layers \['fc1'\]",
     ),
     "extra layer in a record": (
-        _set(["measurements", 2, "layer_metrics", "fc9"], GOOD["measurements"][2]["layer_metrics"]["fc1"]),
+        _set(
+            ["measurements", 2, "layer_metrics", "fc9"],
+            GOOD["measurements"][2]["layer_metrics"]["fc1"],
+        ),
         r"record 2.*unexpected layers \['fc9'\]",
     ),
     "duplicate step": (_set(["measurements", 4, "step"], 15), r"record 4.*duplicate step"),
@@ -67,15 +70,23 @@ CASES = {
     ),
     "bool loss": (_set(["measurements", 6, "loss"], True), r"record 6.*field 'loss'.*number"),
     "float step": (_set(["measurements", 6, "step"], 30.5), r"record 6.*field 'step'.*integer"),
-    "list layer_metrics": (_set(["measurements", 2, "layer_metrics"], []), r"record 2.*layer_metrics"),
+    "list layer_metrics": (
+        _set(["measurements", 2, "layer_metrics"], []),
+        r"record 2.*layer_metrics",
+    ),
     "nan metric": (
         _set(["measurements", 8, "layer_metrics", "fc2", "nuclear_norm_ratio"], float("nan")),
         r"record 8.*nuclear_norm_ratio.*non-finite.*allow_nonfinite",
     ),
-    "infinite grad_norm": (_set(["measurements", 9, "grad_norm"], float("inf")), r"record 9.*grad_norm.*non-finite"),
+    "infinite grad_norm": (
+        _set(["measurements", 9, "grad_norm"], float("inf")),
+        r"record 9.*grad_norm.*non-finite",
+    ),
     "escaping layer name": (
-        lambda o: [r["layer_metrics"].__setitem__("../evil", r["layer_metrics"].pop("fc1"))
-                   for r in o["measurements"]],
+        lambda o: [
+            r["layer_metrics"].__setitem__("../evil", r["layer_metrics"].pop("fc1"))
+            for r in o["measurements"]
+        ],
         r"layer name '\.\./evil'",
     ),
     "empty measurements": (_set(["measurements"], []), r"field 'measurements'.*non-empty"),
@@ -142,7 +153,9 @@ def test_one_bad_file_in_a_directory_writes_nothing(populated, tmp_path):
 
 
 def test_nonfinite_allowed_explicitly(tmp_path):
-    obj = _mutate(_set(["measurements", 8, "layer_metrics", "fc2", "nuclear_norm_ratio"], float("nan")))
+    obj = _mutate(
+        _set(["measurements", 8, "layer_metrics", "fc2", "nuclear_norm_ratio"], float("nan"))
+    )
     obj["measurements"][2]["loss"] = float("inf")
     path = tmp_path / "nan_run.json"
     path.write_text(json.dumps(obj, allow_nan=True))
@@ -178,12 +191,16 @@ def test_csv_bad_number(populated, tmp_path, shared_phase1):
     bad = tmp_path / "periods.csv"
     df.to_csv(bad, index=False)
     before = tree_snapshot(store_path)
-    with pytest.raises(ndt_store.InputError, match=r"periods\.csv: record row 2: field 'max_coordination'"):
+    with pytest.raises(
+        ndt_store.InputError, match=r"periods\.csv: record row 2: field 'max_coordination'"
+    ):
         ndt_store.ingest_tables(store, periods=bad)
     assert tree_snapshot(store_path) == before
 
 
-@pytest.mark.parametrize("name", ["..", ".", "a/b", "", "a\x00b", "tab\tname", "__zarr", ".hidden", " x"])
+@pytest.mark.parametrize(
+    "name", ["..", ".", "a/b", "", "a\x00b", "tab\tname", "__zarr", ".hidden", " x"]
+)
 def test_invalid_experiment_names(tmp_path, name):
     store = ndt_store.open_store(tmp_path / "s.zarr")
     before = tree_snapshot(tmp_path / "s.zarr")

@@ -96,8 +96,10 @@ def test_cli_export_round_trip(real_store, shared_phase1, tmp_path, capsys):
     from ndt_store.cli import main
 
     out = tmp_path / "mlp.json"
-    assert main(["export", "--store", real_store.location, "-e", "mlp_narrow_mnist",
-                 "-o", str(out)]) == 0
+    assert (
+        main(["export", "--store", real_store.location, "-e", "mlp_narrow_mnist", "-o", str(out)])
+        == 0
+    )
     assert json.loads(out.read_text()) == _json(shared_phase1, "mlp_narrow_mnist")
 
 
@@ -121,14 +123,22 @@ def ref_periods(shared_phase1):
 
 def test_unlike_layer_set_text_dataset(tmp_path):
     layers = [f"encoder.block{i}.ffn" for i in range(16)]
-    path = write_phase1_json(tmp_path / "src" / "mlp_verydeep_text.json", n_records=120,
-                             interval=10, layers=layers, dataset="ag_news",
-                             arch_name="mlp_verydeep_15")
-    write_phase1_json(tmp_path / "src" / "small.json", n_records=50, interval=5,
-                      layers=["a", "b", "c"])
+    path = write_phase1_json(
+        tmp_path / "src" / "mlp_verydeep_text.json",
+        n_records=120,
+        interval=10,
+        layers=layers,
+        dataset="ag_news",
+        arch_name="mlp_verydeep_15",
+    )
+    write_phase1_json(
+        tmp_path / "src" / "small.json", n_records=50, interval=5, layers=["a", "b", "c"]
+    )
     store = ndt_store.open_store(tmp_path / "s.zarr")
     assert ndt_store.ingest_phase1(store, tmp_path / "src") == {
-        "mlp_verydeep_text": "created", "small": "created"}
+        "mlp_verydeep_text": "created",
+        "small": "created",
+    }
     ds = store.phase1("mlp_verydeep_text")
     assert list(ds[D.LAYER].values) == layers
     assert ds.attrs[D.DATASET] == "ag_news"
@@ -178,7 +188,9 @@ def test_legacy_tree_source(tmp_path, shared_phase1):
     tree = tmp_path / "experiments" / "new" / "results" / "phase1_full"
     tree.mkdir(parents=True)
     (tree / "mlp_narrow_mnist.json").symlink_to(
-        shared_phase1 / "phase1_full" / "mlp_narrow_mnist.json")
+        shared_phase1 / "phase1_full" / "mlp_narrow_mnist.json"
+    )
     store = ndt_store.open_store(tmp_path / "s.zarr")
     assert ndt_store.ingest_phase1(store, tmp_path / "experiments") == {
-        "mlp_narrow_mnist": "created"}
+        "mlp_narrow_mnist": "created"
+    }

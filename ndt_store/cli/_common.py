@@ -13,7 +13,9 @@ import pandas as pd
 def add_store(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     """Add ``--store`` (path or URL)."""
     parser.add_argument(
-        "--store", required=required, metavar="STORE",
+        "--store",
+        required=required,
+        metavar="STORE",
         help="store location: a directory (e.g. runs.zarr) or a URL such as s3://bucket/prefix",
     )
 
@@ -26,8 +28,9 @@ def print_table(df: pd.DataFrame, fmt: str = "table") -> None:
         for rec in df.to_dict(orient="records"):
             print(json.dumps(rec, default=_jsonable))
     else:
-        with pd.option_context("display.max_rows", None, "display.max_columns", None,
-                               "display.width", 200):
+        with pd.option_context(
+            "display.max_rows", None, "display.max_columns", None, "display.width", 200
+        ):
             print(df.to_string(index=False) if len(df) else "(no rows)")
 
 

@@ -17,18 +17,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     isub.required = True
 
     p = isub.add_parser(
-        "phase1", help="import Phase 1 JSON (a file, a directory or a legacy experiments tree)",
+        "phase1",
+        help="import Phase 1 JSON (a file, a directory or a legacy experiments tree)",
         description="Import the study's per-experiment Phase 1 JSON files, and the published "
         "jump / critical-period tables when found beside them.",
     )
     p.add_argument("source", metavar="SRC", help="JSON file, directory of files, or legacy tree")
     add_store(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace experiments that exist with different content")
-    p.add_argument("--allow-nonfinite", action="store_true",
-                   help="store NaN/Infinity values as missing instead of refusing the file")
-    p.add_argument("--no-tables", action="store_true",
-                   help="do not import all_jumps_detailed.csv / critical_periods_detailed.csv")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace experiments that exist with different content",
+    )
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="store NaN/Infinity values as missing instead of refusing the file",
+    )
+    p.add_argument(
+        "--no-tables",
+        action="store_true",
+        help="do not import all_jumps_detailed.csv / critical_periods_detailed.csv",
+    )
     p.set_defaults(func=_ingest_phase1)
 
     p = isub.add_parser("tables", help="import the published jump / critical-period CSV tables")
@@ -68,7 +78,10 @@ def _ingest_phase1(args: argparse.Namespace) -> int:
 
     store = ndt_store.open_store(args.store, mode="a")
     result = ndt_store.ingest_phase1(
-        store, args.source, overwrite=args.overwrite, allow_nonfinite=args.allow_nonfinite,
+        store,
+        args.source,
+        overwrite=args.overwrite,
+        allow_nonfinite=args.allow_nonfinite,
         progress=sys.stderr.isatty(),
     )
     for name, status in result.items():
@@ -80,8 +93,12 @@ def _ingest_phase1(args: argparse.Namespace) -> int:
         if found:
             from ndt_store.ingest.tables import JUMPS_TABLE, PERIODS_TABLE
 
-            out = ingest_tables(store, jumps=found.get(JUMPS_TABLE),
-                                periods=found.get(PERIODS_TABLE), overwrite=args.overwrite)
+            out = ingest_tables(
+                store,
+                jumps=found.get(JUMPS_TABLE),
+                periods=found.get(PERIODS_TABLE),
+                overwrite=args.overwrite,
+            )
             for name, status in out.items():
                 print(f"{status:9s} table {name}")
     return 0
@@ -95,8 +112,9 @@ def _ingest_tables(args: argparse.Namespace) -> int:
     if not args.jumps and not args.periods:
         raise InputError("give --jumps CSV and/or --periods CSV")
     store = ndt_store.open_store(args.store, mode="a")
-    for name, status in ingest_tables(store, jumps=args.jumps, periods=args.periods,
-                                      overwrite=args.overwrite).items():
+    for name, status in ingest_tables(
+        store, jumps=args.jumps, periods=args.periods, overwrite=args.overwrite
+    ).items():
         print(f"{status:9s} table {name}")
     return 0
 
@@ -110,15 +128,17 @@ def _ls(args: argparse.Namespace) -> int:
         ds = store.phase1(name)
         meta = store.metadata(name)
         steps = ds.sizes["step"]
-        rows.append({
-            "experiment": name,
-            "arch": meta.get("arch_name", ""),
-            "dataset": meta.get("dataset", ""),
-            "records": steps,
-            "steps": f"{int(ds.step[0])}..{int(ds.step[-1])}" if steps else "-",
-            "layers": ds.sizes["layer"],
-            "snapshots": len(store.snapshot_steps(name)),
-        })
+        rows.append(
+            {
+                "experiment": name,
+                "arch": meta.get("arch_name", ""),
+                "dataset": meta.get("dataset", ""),
+                "records": steps,
+                "steps": f"{int(ds.step[0])}..{int(ds.step[-1])}" if steps else "-",
+                "layers": ds.sizes["layer"],
+                "snapshots": len(store.snapshot_steps(name)),
+            }
+        )
     print_table(pd.DataFrame(rows), args.format)
     return 0
 
@@ -141,8 +161,10 @@ def _show(args: argparse.Namespace) -> int:
         rec = {**rec, "layer_metrics": metrics}
         print(json.dumps(rec))
         return 0
-    print(f"experiment {args.experiment}  step {rec['step']} (asked {args.step})  "
-          f"epoch {rec['epoch']}  loss {rec['loss']:.6g}  grad_norm {rec['grad_norm']:.6g}")
+    print(
+        f"experiment {args.experiment}  step {rec['step']} (asked {args.step})  "
+        f"epoch {rec['epoch']}  loss {rec['loss']:.6g}  grad_norm {rec['grad_norm']:.6g}"
+    )
     df = pd.DataFrame([{"layer": k, **v} for k, v in metrics.items()])
     print_table(df, args.format)
     return 0

@@ -65,13 +65,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _number(
-    value: Any, *, source: str, record: Any, field: str, allow_nonfinite: bool
-) -> float:
+def _number(value: Any, *, source: str, record: Any, field: str, allow_nonfinite: bool) -> float:
     if not _is_number(value):
         raise InputError(
             f"expected a number, got {type(value).__name__}",
-            source=source, record=record, field=field, value=value, has_value=True,
+            source=source,
+            record=record,
+            field=field,
+            value=value,
+            has_value=True,
         )
     out = float(value)
     if not math.isfinite(out):
@@ -79,7 +81,11 @@ def _number(
             raise InputError(
                 "non-finite value refused (pass allow_nonfinite=True / --allow-nonfinite to "
                 "store it as missing)",
-                source=source, record=record, field=field, value=value, has_value=True,
+                source=source,
+                record=record,
+                field=field,
+                value=value,
+                has_value=True,
             )
         return math.nan
     return out
@@ -91,7 +97,11 @@ def _integer(value: Any, *, source: str, record: Any, field: str) -> int:
             return int(value)
         raise InputError(
             f"expected an integer, got {type(value).__name__}",
-            source=source, record=record, field=field, value=value, has_value=True,
+            source=source,
+            record=record,
+            field=field,
+            value=value,
+            has_value=True,
         )
     return int(value)
 
@@ -133,48 +143,71 @@ def parse_phase1(
     for key in (D.ARCH_NAME, "dataset_name"):
         if not isinstance(obj[key], str) or not obj[key]:
             raise InputError(
-                "expected a non-empty string", source=source, field=key, value=obj[key],
+                "expected a non-empty string",
+                source=source,
+                field=key,
+                value=obj[key],
                 has_value=True,
             )
     records = obj["measurements"]
     if not isinstance(records, list) or not records:
-        raise InputError("expected a non-empty list of records", source=source,
-                         field="measurements", value=type(records).__name__)
+        raise InputError(
+            "expected a non-empty list of records",
+            source=source,
+            field="measurements",
+            value=type(records).__name__,
+        )
     metadata: dict[str, Any] = {D.ARCH_NAME: obj[D.ARCH_NAME], D.DATASET: obj["dataset_name"]}
     for key, kind in _OPTIONAL_META.items():
         if key in obj and obj[key] is not None:
             if kind is int:
                 metadata[key] = _integer(obj[key], source=source, record=None, field=key)
             else:
-                metadata[key] = _number(obj[key], source=source, record=None, field=key,
-                                        allow_nonfinite=False)
+                metadata[key] = _number(
+                    obj[key], source=source, record=None, field=key, allow_nonfinite=False
+                )
     if D.ARCHITECTURE_PARAMS in obj:
         params = obj[D.ARCHITECTURE_PARAMS]
         if not isinstance(params, dict):
-            raise InputError("expected an object", source=source, field=D.ARCHITECTURE_PARAMS,
-                             value=params, has_value=True)
+            raise InputError(
+                "expected an object",
+                source=source,
+                field=D.ARCHITECTURE_PARAMS,
+                value=params,
+                has_value=True,
+            )
         for key, value in params.items():
             if _is_number(value) and not math.isfinite(float(value)):
-                raise InputError("non-finite value refused", source=source,
-                                 field=f"{D.ARCHITECTURE_PARAMS}.{key}", value=value,
-                                 has_value=True)
+                raise InputError(
+                    "non-finite value refused",
+                    source=source,
+                    field=f"{D.ARCHITECTURE_PARAMS}.{key}",
+                    value=value,
+                    has_value=True,
+                )
         metadata[D.ARCHITECTURE_PARAMS] = params
     extra = {
-        k: v for k, v in obj.items()
-        if k not in {"measurements", D.ARCH_NAME, "dataset_name", D.ARCHITECTURE_PARAMS,
-                     *_OPTIONAL_META}
+        k: v
+        for k, v in obj.items()
+        if k
+        not in {"measurements", D.ARCH_NAME, "dataset_name", D.ARCHITECTURE_PARAMS, *_OPTIONAL_META}
     }
     if extra:
         metadata["extra"] = extra
 
     first = records[0]
     if not isinstance(first, dict) or not isinstance(first.get("layer_metrics"), dict):
-        raise InputError("record must be an object with a 'layer_metrics' object",
-                         source=source, record=0, field="layer_metrics")
+        raise InputError(
+            "record must be an object with a 'layer_metrics' object",
+            source=source,
+            record=0,
+            field="layer_metrics",
+        )
     layers = list(first["layer_metrics"])
     if not layers:
-        raise InputError("no layers in layer_metrics", source=source, record=0,
-                         field="layer_metrics")
+        raise InputError(
+            "no layers in layer_metrics", source=source, record=0, field="layer_metrics"
+        )
     for layer in layers:
         try:
             validate_name(layer, kind="layer")
@@ -188,8 +221,9 @@ def parse_phase1(
     layer_set = set(layers)
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
-            raise InputError("record must be an object", source=source, record=i,
-                             value=type(rec).__name__)
+            raise InputError(
+                "record must be an object", source=source, record=i, value=type(rec).__name__
+            )
         for key in (D.STEP, D.EPOCH, D.LOSS, D.GRAD_NORM, "layer_metrics"):
             if key not in rec:
                 raise InputError("missing required key", source=source, record=i, field=key)
@@ -201,34 +235,58 @@ def parse_phase1(
             what = "duplicate" if steps[i] == steps[i - 1] else "decreasing"
             raise InputError(
                 f"{what} step: {steps[i]} follows {steps[i - 1]}; steps must strictly increase",
-                source=source, record=label, field=D.STEP,
+                source=source,
+                record=label,
+                field=D.STEP,
             )
         epochs[i] = _integer(rec[D.EPOCH], source=source, record=label, field=D.EPOCH)
         for key, _ in _RECORD_SCALARS:
-            scalars[key][i] = _number(rec[key], source=source, record=label, field=key,
-                                      allow_nonfinite=allow_nonfinite)
+            scalars[key][i] = _number(
+                rec[key], source=source, record=label, field=key, allow_nonfinite=allow_nonfinite
+            )
         lm = rec["layer_metrics"]
         if not isinstance(lm, dict):
-            raise InputError("expected an object", source=source, record=label,
-                             field="layer_metrics", value=type(lm).__name__)
+            raise InputError(
+                "expected an object",
+                source=source,
+                record=label,
+                field="layer_metrics",
+                value=type(lm).__name__,
+            )
         if len(lm) != n_l or set(lm) != layer_set:
             missing = [x for x in layers if x not in lm]
             extra_l = [x for x in lm if x not in layer_set]
             what = f"missing layers {missing}" if missing else f"unexpected layers {extra_l}"
-            raise InputError(f"layer set differs from record 0: {what}", source=source,
-                             record=label, field="layer_metrics")
+            raise InputError(
+                f"layer set differs from record 0: {what}",
+                source=source,
+                record=label,
+                field="layer_metrics",
+            )
         for j, layer in enumerate(layers):
             values = lm[layer]
             if not isinstance(values, dict):
-                raise InputError("expected an object", source=source, record=label,
-                                 field=f"layer_metrics.{layer}", value=values, has_value=True)
+                raise InputError(
+                    "expected an object",
+                    source=source,
+                    record=label,
+                    field=f"layer_metrics.{layer}",
+                    value=values,
+                    has_value=True,
+                )
             for k, metric in enumerate(D.PHASE1_METRICS):
                 field = f"layer_metrics.{layer}.{metric}"
                 if metric not in values:
-                    raise InputError("missing required key", source=source, record=label,
-                                     field=field)
-                metrics[i, j, k] = _number(values[metric], source=source, record=label,
-                                           field=field, allow_nonfinite=allow_nonfinite)
+                    raise InputError(
+                        "missing required key", source=source, record=label, field=field
+                    )
+                metrics[i, j, k] = _number(
+                    values[metric],
+                    source=source,
+                    record=label,
+                    field=field,
+                    allow_nonfinite=allow_nonfinite,
+                )
     data_vars: dict[str, Any] = {
         m: ((D.STEP, D.LAYER), metrics[:, :, k]) for k, m in enumerate(D.PHASE1_METRICS)
     }
@@ -254,8 +312,9 @@ def read_phase1_json(
         obj = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"malformed JSON: {exc}", source=path) from None
-    return parse_phase1(obj, name=name or path.stem, source=str(path),
-                        allow_nonfinite=allow_nonfinite)
+    return parse_phase1(
+        obj, name=name or path.stem, source=str(path), allow_nonfinite=allow_nonfinite
+    )
 
 
 def find_phase1_files(source: str | os.PathLike[str]) -> list[Path]:
@@ -288,8 +347,9 @@ def read_phase1_files(
     for path in _progress(files, progress, "parsing"):
         exp = read_phase1_json(path, allow_nonfinite=allow_nonfinite)
         if exp.name in names:
-            raise InputError(f"experiment {exp.name!r} also defined by {names[exp.name]}",
-                             source=path)
+            raise InputError(
+                f"experiment {exp.name!r} also defined by {names[exp.name]}", source=path
+            )
         names[exp.name] = path
         out.append(exp)
     return out
@@ -333,8 +393,9 @@ def ingest_phase1(
     >>> ingest_phase1(store, path)
     {'toy_mlp': 'created'}
     """
-    experiments = read_phase1_files(find_phase1_files(source), allow_nonfinite=allow_nonfinite,
-                                    progress=progress)
+    experiments = read_phase1_files(
+        find_phase1_files(source), allow_nonfinite=allow_nonfinite, progress=progress
+    )
     return write_phase1(store, experiments, overwrite=overwrite, progress=progress)
 
 
@@ -364,7 +425,10 @@ def write_phase1(
     result = {}
     for exp in _progress(experiments, progress, "writing"):
         result[exp.name] = store.write_experiment(
-            exp.name, exp.dataset, exp.metadata, content_hash=exp.content_hash,
+            exp.name,
+            exp.dataset,
+            exp.metadata,
+            content_hash=exp.content_hash,
             overwrite=overwrite,
         )
     if any(status != "unchanged" for status in result.values()):

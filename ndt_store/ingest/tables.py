@@ -13,19 +13,44 @@ from ndt_store.store import Store
 JUMPS_TABLE = "published_jumps"
 PERIODS_TABLE = "published_critical_periods"
 JUMP_COLUMNS = (
-    "step", "magnitude", "speed", "direction", "phase", "layer", "experiment",
-    "arch_name", "dataset", "phase_category",
+    "step",
+    "magnitude",
+    "speed",
+    "direction",
+    "phase",
+    "layer",
+    "experiment",
+    "arch_name",
+    "dataset",
+    "phase_category",
 )
 PERIOD_COLUMNS = (
-    "experiment", "arch_name", "dataset", "total_critical_steps", "total_transitions",
-    "num_coordinated_periods", "max_coordination", "mean_coordination", "loss_correlation",
+    "experiment",
+    "arch_name",
+    "dataset",
+    "total_critical_steps",
+    "total_transitions",
+    "num_coordinated_periods",
+    "max_coordination",
+    "mean_coordination",
+    "loss_correlation",
 )
 _NUMERIC = {
-    "step", "magnitude", "speed", "phase", "cluster", "total_critical_steps",
-    "total_transitions", "num_coordinated_periods", "max_coordination", "mean_coordination",
+    "step",
+    "magnitude",
+    "speed",
+    "phase",
+    "cluster",
+    "total_critical_steps",
+    "total_transitions",
+    "num_coordinated_periods",
+    "max_coordination",
+    "mean_coordination",
     "loss_correlation",
 }
-LEGACY_JUMPS = Path("mechanistic_interpretability") / "results" / "step1_2" / "all_jumps_detailed.csv"
+LEGACY_JUMPS = (
+    Path("mechanistic_interpretability") / "results" / "step1_2" / "all_jumps_detailed.csv"
+)
 LEGACY_PERIODS = (
     Path("mechanistic_interpretability") / "results" / "step1_3" / "critical_periods_detailed.csv"
 )
@@ -54,8 +79,14 @@ def read_table_csv(path: str | os.PathLike[str], required: tuple[str, ...]) -> p
         bad = values.isna() & df[col].notna() | df[col].isna()
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
-            raise InputError("expected a number", source=path, record=f"row {row + 1}",
-                             field=col, value=df[col].iloc[row], has_value=True)
+            raise InputError(
+                "expected a number",
+                source=path,
+                record=f"row {row + 1}",
+                field=col,
+                value=df[col].iloc[row],
+                has_value=True,
+            )
         df[col] = values
     return df
 
