@@ -60,3 +60,16 @@ def test_to_backend_chunks_every_dim() -> None:
     assert lazy.chunks == ((2, 2), (2, 1))
     assert not is_lazy(to_backend(arr, "numpy"))
     assert to_backend(arr, "dask", {"a": 1}).chunks == ((1, 1, 1, 1), (2, 1))
+
+
+def test_docs_examples_run() -> None:
+    """Every python block of docs/measurements.md runs, in order, in one namespace."""
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "measurements.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+    assert len(blocks) >= 5
+    namespace: dict[str, Any] = {}
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)
