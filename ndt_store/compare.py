@@ -1,0 +1,309 @@
+"""Before/after comparisons of one run at two training steps.
+
+:func:`compare_representations` compares the Phase 1 records nearest two
+training steps (loss and every layer's four dimensionality metrics, selected in
+one vectorized step) and, when the store holds tensors at both steps, the
+weights (per parameter), activations (sparsity, selectivity, linear CKA) and
+attention (entropy per head, specialization). Only the two steps are read.
+
+Results are plain Python dicts of JSON types, ready for ``json.dump``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from ndt_store._dims import (
+    ACTIVATIONS,
+    ATTENTION,
+    HEAD,
+    INDEX,
+    LAYER,
+    LOSS,
+    PHASE1_METRICS,
+    STABLE_RANK,
+    STEP,
+    WEIGHTS,
+)
+from ndt_store.errors import InputError
+from ndt_store.measures.activations import activation_selectivity, activation_sparsity
+from ndt_store.measures.attention import attention_specialization
+from ndt_store.measures.similarity import linear_cka
+from ndt_store.measures.weights import WEIGHT_CHANGE_VARIABLES, weight_change_between
+from ndt_store.moments import CriticalMoment
+from ndt_store.store import Store
+
+__all__ = [
+    "RELATIVE_EPS",
+    "compare_representations",
+    "nearest_records",
+    "phase1_changes",
+    "tensor_changes",
+]
+
+RELATIVE_EPS = 1e-10
+"""Added to the "before" value in ``relative_change`` (the study's guard against 0)."""
+
+
+def _py(value: Any) -> Any:
+    """A numpy scalar as a Python scalar; NaN as ``None`` (JSON has no NaN)."""
+    value = value.item() if isinstance(value, np.generic | np.ndarray) else value
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def nearest_records(steps: np.ndarray, requested: Any) -> np.ndarray:
+    """Positions of the records nearest each requested training step (ties: earlier record).
+
+    Examples
+    --------
+    >>> nearest_records(np.array([0, 5, 10]), [3, 7, 100]).tolist()
+    [1, 1, 2]
+    """
+    steps = np.asarray(steps)
+    req = np.atleast_1d(np.asarray(requested, dtype=np.float64))
+    if steps.size == 0:
+        raise InputError("no records to select from", field=STEP)
+    return np.argmin(np.abs(steps[None, :] - req[:, None]), axis=1)
+
+
+def _change(before: Any, after: Any) -> dict[str, Any]:
+    return {
+        "before": _py(before),
+        "after": _py(after),
+        "change": _py(after - before),
+        "relative_change": _py((after - before) / (before + RELATIVE_EPS)),
+    }
+
+
+def phase1_changes(ds: xr.Dataset, step_before: float, step_after: float) -> dict[str, Any]:
+    """Loss and per-layer metric changes between the records nearest two training steps.
+
+    The records are picked with one vectorized selection (nearest step, ties
+    to the earlier record, as the study did); the four metrics of every layer
+    are differenced in one array operation.
+
+    Parameters
+    ----------
+    ds
+        One run's Phase 1 dataset over ``(step, layer)`` (:meth:`Store.phase1`).
+    step_before, step_after
+        Training steps (nearest records are used).
+
+    Returns
+    -------
+    dict
+        ``step_before``, ``step_after`` (of the records used), ``index_before``,
+        ``index_after``, ``loss_before``, ``loss_after``, ``loss_change``,
+        ``layer_changes`` (stable rank: ``{layer: {before, after, change,
+        relative_change}}``, ``relative_change = change / (before + 1e-10)``)
+        and ``metric_changes`` (the same for each of the four metrics).
+
+    Examples
+    --------
+    >>> ds = xr.Dataset(
+    ...     {"stable_rank": (("step", "layer"), [[1.0], [3.0]]), "loss": ("step", [2.0, 1.5])},
+    ...     coords={"step": [0, 5], "layer": ["fc"]})
+    >>> res = phase1_changes(ds, 0, 5)
+    >>> res["loss_change"], res["layer_changes"]["fc"]["change"]
+    (-0.5, 2.0)
+    """
+    pos = nearest_records(ds[STEP].values, [step_before, step_after])
+    metrics = [m for m in PHASE1_METRICS if m in ds]
+    if STABLE_RANK not in metrics:
+        raise InputError(f"Phase 1 data has no {STABLE_RANK!r}", field=STABLE_RANK)
+    picked = ds[[*metrics, LOSS]].isel({STEP: pos}).transpose(STEP, LAYER).compute()
+    values = picked[metrics].to_array("metric").values  # (metric, 2, layer)
+    before, after = values[:, 0], values[:, 1]
+    change = after - before
+    relative = change / (before + RELATIVE_EPS)
+    layers = [str(x) for x in picked[LAYER].values]
+    metric_changes: dict[str, dict[str, dict[str, Any]]] = {}
+    for k, metric in enumerate(metrics):
+        metric_changes[metric] = {
+            layer: {
+                "before": _py(before[k, j]),
+                "after": _py(after[k, j]),
+                "change": _py(change[k, j]),
+                "relative_change": _py(relative[k, j]),
+            }
+            for j, layer in enumerate(layers)
+            if not (np.isnan(before[k, j]) and np.isnan(after[k, j]))
+        }
+    loss = picked[LOSS].values
+    index = picked[INDEX].values if INDEX in picked.coords else pos
+    return {
+        "step_before": int(picked[STEP].values[0]),
+        "step_after": int(picked[STEP].values[1]),
+        "index_before": int(index[0]),
+        "index_after": int(index[1]),
+        "loss_before": _py(loss[0]),
+        "loss_after": _py(loss[1]),
+        "loss_change": _py(loss[1] - loss[0]),
+        "layer_changes": metric_changes[STABLE_RANK],
+        "metric_changes": metric_changes,
+    }
+
+
+def _before_after(da: xr.DataArray) -> dict[str, Any]:
+    values = np.asarray(da.values, dtype=np.float64)
+    return {
+        "before": _py(values[0]),
+        "after": _py(values[1]),
+        "change": _py(values[1] - values[0]),
+    }
+
+
+def tensor_changes(
+    store: Store, experiment: str, step_before: int, step_after: int
+) -> dict[str, Any]:
+    """Weight, activation and attention changes between two stored snapshot steps.
+
+    Only kinds stored at *both* steps are compared; only those two steps are
+    read (one ``dask.compute`` for everything).
+
+    Returns
+    -------
+    dict
+        Any of ``weights`` (``{parameter: {l2_norm, relative_change,
+        max_change, mean_change, cosine_similarity}}``), ``activations``
+        (``{layer: {sparsity: {before, after, change}, selectivity: {...},
+        linear_cka}}``; selectivity is the mean class-selectivity index over
+        units) and ``attention`` (``{layer: {head_entropy: {head: {before,
+        after, change}}, mean_entropy, specialization_index}}``).
+    """
+    pair = [int(step_before), int(step_after)]
+    lazy: dict[str, dict[str, Any]] = {}
+
+    def stored(kind: str) -> bool:
+        have = set(store.snapshot_steps(experiment, kind))
+        return all(s in have for s in pair)
+
+    if stored(WEIGHTS):
+        lazy[WEIGHTS] = {
+            name: weight_change_between(w, pair[0], pair[1])
+            for name, w in store.weights(experiment, steps=pair).items()
+        }
+    if stored(ACTIVATIONS):
+        acts: dict[str, Any] = {}
+        for layer, act in store.activations(experiment).items():
+            two = act.sel({STEP: pair})
+            entry: dict[str, Any] = {
+                "sparsity": activation_sparsity(two),
+                "linear_cka": linear_cka(
+                    two.isel({STEP: 0}, drop=True), two.isel({STEP: 1}, drop=True)
+                ),
+            }
+            if "label" in two.coords:
+                sel = activation_selectivity(two)["selectivity_index"]
+                entry["selectivity"] = sel.mean([d for d in sel.dims if d != STEP])
+            acts[layer] = entry
+        lazy[ACTIVATIONS] = acts
+    if stored(ATTENTION):
+        lazy[ATTENTION] = {
+            layer: attention_specialization(attn.sel({STEP: pair}))
+            for layer, attn in store.attention(experiment).items()
+        }
+    (done,) = dask.compute(lazy)
+    out: dict[str, Any] = {}
+    if WEIGHTS in done:
+        out[WEIGHTS] = {
+            name: {v: _py(ds[v].values) for v in WEIGHT_CHANGE_VARIABLES}
+            for name, ds in done[WEIGHTS].items()
+        }
+    if ACTIVATIONS in done:
+        out[ACTIVATIONS] = {}
+        for layer, entry in done[ACTIVATIONS].items():
+            res: dict[str, Any] = {
+                "sparsity": _before_after(entry["sparsity"]),
+                "linear_cka": _py(entry["linear_cka"].values),
+            }
+            if "selectivity" in entry:
+                res["selectivity"] = _before_after(entry["selectivity"])
+            out[ACTIVATIONS][layer] = res
+    if ATTENTION in done:
+        out[ATTENTION] = {}
+        for layer, ds in done[ATTENTION].items():
+            he = ds["head_entropy"].transpose(HEAD, STEP)
+            out[ATTENTION][layer] = {
+                "head_entropy": {
+                    str(_py(h)): _before_after(he.sel({HEAD: h})) for h in he[HEAD].values
+                },
+                "mean_entropy": _before_after(ds["mean_entropy"]),
+                "specialization_index": _before_after(ds["specialization_index"]),
+            }
+    return out
+
+
+def _step_of(moment: CriticalMoment | int, what: str) -> int:
+    if isinstance(moment, CriticalMoment):
+        return int(moment.step)
+    if isinstance(moment, int | np.integer):
+        return int(moment)
+    raise InputError("expected a CriticalMoment or a training step", field=what, value=moment)
+
+
+def compare_representations(
+    store: Store,
+    before: CriticalMoment | int,
+    after: CriticalMoment | int,
+    *,
+    experiment: str | None = None,
+    tensors: bool = True,
+) -> dict[str, Any]:
+    """Compare a run at two moments: Phase 1 changes, and tensor changes where stored.
+
+    Parameters
+    ----------
+    store
+        The store.
+    before, after
+        :class:`~ndt_store.moments.CriticalMoment` (its ``step`` is used as a
+        training step) or training steps.
+    experiment
+        The run (default: the moments' ``experiment_name``).
+    tensors
+        Also compare stored weights/activations/attention at exactly these two
+        steps (:func:`tensor_changes`) when present.
+
+    Returns
+    -------
+    dict
+        ``experiment``, ``requested_before``, ``requested_after``, the keys of
+        :func:`phase1_changes`, and those of :func:`tensor_changes` when any.
+
+    Examples
+    --------
+    >>> import tempfile, ndt_store
+    >>> from ndt_store.testing import write_phase1_json
+    >>> d = tempfile.mkdtemp()
+    >>> store = ndt_store.open_store(d + "/s.zarr")
+    >>> _ = ndt_store.ingest_phase1(store, write_phase1_json(d + "/run.json", n_records=20))
+    >>> res = compare_representations(store, 10, 52, experiment="run")
+    >>> res["step_before"], res["step_after"], sorted(res["layer_changes"])
+    (10, 50, ['fc1', 'fc2', 'fc3'])
+    """
+    names = {m.experiment_name for m in (before, after) if isinstance(m, CriticalMoment)}
+    if experiment is None:
+        if len(names) != 1:
+            raise InputError(
+                "give experiment= (or two moments of the same experiment)",
+                field="experiment",
+                value=sorted(names),
+            )
+        experiment = names.pop()
+    elif names - {experiment}:
+        raise InputError(
+            f"moments belong to {sorted(names)}, not {experiment!r}", field="experiment"
+        )
+    b, a = _step_of(before, "before"), _step_of(after, "after")
+    out: dict[str, Any] = {"experiment": experiment, "requested_before": b, "requested_after": a}
+    out.update(phase1_changes(store.phase1(experiment), b, a))
+    if tensors and store.snapshot_steps(experiment):
+        out.update(tensor_changes(store, experiment, b, a))
+    return out
