@@ -334,7 +334,7 @@ def test_nan_percentile_equals_numpy(x, q):
 @settings(max_examples=60, deadline=None)
 @given(series)
 def test_jump_kernels_equal_per_series_reference(x):
-    v, z, is_jump, magnitude, speed, direction = kern.zscore_jumps(x)
+    _, z, is_jump, magnitude, speed, direction = kern.zscore_jumps(x)
     for row, ref in enumerate(reference_series(x)):
         n = ref.size
         if n < 2:

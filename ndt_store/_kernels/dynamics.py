@@ -33,6 +33,7 @@ __all__ = [
     "nan_percentile",
     "noise_floor",
     "pad_last",
+    "phase_randomized",
     "record_mask",
     "robust_z",
     "surrogate_pvalues",
@@ -409,6 +410,33 @@ def uniform_from_keys(keys: npt.ArrayLike, seed: int, shape: tuple[int, ...]) ->
     return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
+def phase_randomized(
+    v: npt.ArrayLike, keys: npt.ArrayLike, n_surrogates: int, seed: int
+) -> np.ndarray:
+    """Gaussian surrogates of ``(S, m)`` NaN-free series: same amplitude spectrum, random phases.
+
+    Returns ``(S, n_surrogates, m)``. The mean (zero frequency) and, for even
+    ``m``, the real Nyquist term are kept; every other Fourier phase is drawn
+    uniformly from the series' counter-based stream (:func:`uniform_from_keys`).
+
+    Examples
+    --------
+    >>> v = np.sin(np.arange(16.0))[None, :]
+    >>> sur = phase_randomized(v, np.zeros(1, np.uint64), 3, seed=0)
+    >>> sur.shape, bool(np.allclose(np.abs(np.fft.rfft(sur)), np.abs(np.fft.rfft(v))[:, None]))
+    ((1, 3, 16), True)
+    """
+    a = _float(v)
+    m = a.shape[-1]
+    spec = np.fft.rfft(a, axis=-1)
+    phase = 2.0 * np.pi * uniform_from_keys(keys, seed, (n_surrogates, m // 2 + 1))
+    sur = np.abs(spec)[:, None, :] * np.exp(1j * phase)
+    sur[..., 0] = spec[:, None, 0]  # keep the mean
+    if m % 2 == 0:
+        sur[..., -1] = spec[:, None, -1]  # the Nyquist term must stay real
+    return np.fft.irfft(sur, n=m, axis=-1)
+
+
 def _pvalues_equal_length(
     v: np.ndarray, keys: np.ndarray, n_surrogates: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -418,17 +446,11 @@ def _pvalues_equal_length(
     pvalue = np.full_like(stat, np.nan)
     if m < 3 or s_count == 0:
         return stat, pvalue
-    n_freq = m // 2 + 1
     block = max(1, _BLOCK_ELEMENTS // (n_surrogates * m))
     for start in range(0, s_count, block):  # memory blocking, not a per-series loop
         sl = slice(start, start + block)
-        spec = np.fft.rfft(v[sl], axis=-1)
-        phase = 2.0 * np.pi * uniform_from_keys(keys[sl], seed, (n_surrogates, n_freq))
-        sur = np.abs(spec)[:, None, :] * np.exp(1j * phase)
-        sur[..., 0] = spec[:, None, 0]  # keep the mean
-        if m % 2 == 0:
-            sur[..., -1] = spec[:, None, -1]  # the Nyquist term must stay real
-        null_max = robust_z(np.fft.irfft(sur, n=m, axis=-1)).max(axis=-1)  # (s, B)
+        surrogates = phase_randomized(v[sl], keys[sl], n_surrogates, seed)
+        null_max = robust_z(surrogates).max(axis=-1)  # (s, B)
         exceed = (null_max[:, None, :] >= stat[sl, :, None]).sum(axis=-1)
         pvalue[sl] = (1.0 + exceed) / (n_surrogates + 1.0)
     return stat, pvalue
