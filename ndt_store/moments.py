@@ -44,6 +44,7 @@ __all__ = [
     "MOMENT_TYPES",
     "CriticalMoment",
     "StepMode",
+    "experiment_summary",
     "identify_moments",
     "jump_moments",
     "period_moments",
@@ -243,6 +244,7 @@ def jump_moments(
     steps: StepMode = "train",
     threshold: float = 2.0,
     alpha: float | None = None,
+    jumps: pd.DataFrame | None = None,
 ) -> list[CriticalMoment]:
     """Before / during / after moments of the ``num_jumps`` largest jumps of a run.
 
@@ -266,6 +268,9 @@ def jump_moments(
         z-score threshold when jumps are computed.
     alpha
         Keep only jumps significant at this level (``p_value <= alpha``).
+    jumps
+        A jump table to take the jumps from while ``source`` (a store) gives
+        the records' training steps.
 
     Returns
     -------
@@ -281,7 +286,7 @@ def jump_moments(
     if steps not in ("train", "index"):
         raise InputError("steps must be 'train' or 'index'", field="steps", value=steps)
     store = source if isinstance(source, Store) else None
-    table = source if isinstance(source, pd.DataFrame) else None
+    table = source if isinstance(source, pd.DataFrame) else jumps
     rows = _jump_rows(store, table, experiment, threshold, alpha)
     record_steps = _record_steps(store, experiment)
     if steps == "train" and record_steps is None:
@@ -406,6 +411,7 @@ def identify_moments(
     num_periods: int = 0,
     min_coordination: float = 0.5,
     min_loss_correlation: float | None = None,
+    jumps: pd.DataFrame | None = None,
 ) -> list[CriticalMoment]:
     """Critical moments of a run: around its largest jumps, then its critical periods.
 
@@ -415,7 +421,7 @@ def identify_moments(
         A store, or a jump table (jump moments only, ``steps="index"``).
     experiment
         The run.
-    num_jumps, offset, threshold, alpha
+    num_jumps, offset, threshold, alpha, jumps
         See :func:`jump_moments`.
     steps
         ``"train"`` (training steps) or ``"index"`` (the study's convention).
@@ -446,6 +452,7 @@ def identify_moments(
         steps=steps,
         threshold=threshold,
         alpha=alpha,
+        jumps=jumps,
     )
     if num_periods > 0:
         if not isinstance(source, Store):
@@ -477,3 +484,54 @@ def published_jump_records(store: Store) -> list[dict[str, Any]]:
     if JUMPS_TABLE not in store.tables():
         return []
     return _records(store.table(JUMPS_TABLE))
+
+
+def experiment_summary(
+    source: Store | pd.DataFrame, experiment: str, *, periods: pd.DataFrame | None = None
+) -> dict[str, Any]:
+    """Jump statistics and the critical-period row of a run (the study's summary).
+
+    Parameters
+    ----------
+    source
+        A store (its published jump table, else computed jumps) or a jump table.
+    experiment
+        The run.
+    periods
+        Critical-period table (default: the store's published one, if any).
+
+    Returns
+    -------
+    dict
+        ``experiment``, ``num_jumps``, ``jump_summary`` (``mean_magnitude``,
+        ``mean_speed``, ``phases``: the phase category of every jump, table
+        order) and ``critical_periods`` (the run's row as a dict, ``{}`` if none).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"experiment": ["r", "r"], "step": [1, 2], "magnitude": [1.0, 3.0],
+    ...                   "speed": [0.5, 0.5], "phase_category": ["early", "mid"]})
+    >>> experiment_summary(t, "r")["jump_summary"]
+    {'mean_magnitude': 2.0, 'mean_speed': 0.5, 'phases': ['early', 'mid']}
+    """
+    if isinstance(source, Store):
+        rows = _jump_rows(source, None, experiment, 2.0, None)
+        if periods is None and PERIODS_TABLE in source.tables():
+            periods = source.table(PERIODS_TABLE)
+    else:
+        rows = source[source["experiment"] == experiment]
+    period_row: dict[str, Any] = {}
+    if periods is not None and len(periods):
+        match = periods[periods["experiment"] == experiment]
+        period_row = _records(match)[0] if len(match) else {}
+    n = len(rows)
+    return {
+        "experiment": experiment,
+        "num_jumps": n,
+        "jump_summary": {
+            "mean_magnitude": float(rows["magnitude"].mean()) if n else 0,
+            "mean_speed": float(rows["speed"].mean()) if n else 0,
+            "phases": [str(p) for p in rows["phase_category"]],
+        },
+        "critical_periods": period_row,
+    }
