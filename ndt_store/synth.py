@@ -35,6 +35,7 @@ KINDS: tuple[str, ...] = (D.PHASE1, D.ATTENTION, D.ACTIVATIONS, D.WEIGHTS)
 
 _ARCHS = ("mlp", "cnn", "transformer")
 _DATASETS = ("mnist", "fashion_mnist", "qmnist", "ag_news")
+_DRIFT = 0.3
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,9 @@ class _AttentionGen:
 
         # the planted jump switches to sharper (lower-entropy) attention
         self.p0, self.p1, self.p2 = state(1.0), state(1.0), state(3.0)
-        self.d1 = self.p1 - self.p0
-        self.d2 = self.p1 - self.p2
+        # smooth drift towards p1 (a third of the way over the run)
+        self.d1 = (self.p1 - self.p0) * np.float32(_DRIFT)
+        self.d2 = (self.p1 - self.p2) * np.float32(_DRIFT)
         self.buf = np.empty(shape, np.float32)
 
     def at(self, alpha: float, jumped: bool) -> np.ndarray:
@@ -376,9 +378,10 @@ def _tensor_generators(
             gen[D.ACTIVATIONS] = (z, _orthonormal(rng, spec.features, r))
         if D.WEIGHTS in tensors:
             f = spec.features
-            w0 = rng.standard_normal((f, f), dtype=np.float32) / np.sqrt(f)
-            dw = 0.1 * rng.standard_normal((f, f), dtype=np.float32) / np.sqrt(f)
-            jw = 0.5 * rng.standard_normal((f, f), dtype=np.float32) / np.sqrt(f)
+            scale = np.float32(1.0 / np.sqrt(f))
+            w0 = rng.standard_normal((f, f), dtype=np.float32) * scale
+            dw = 0.1 * rng.standard_normal((f, f), dtype=np.float32) * scale
+            jw = 0.5 * rng.standard_normal((f, f), dtype=np.float32) * scale
             gen[D.WEIGHTS] = (w0, dw, jw)
         gens[layer] = gen
     return gens
