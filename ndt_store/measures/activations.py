@@ -133,8 +133,8 @@ def activation_selectivity(
     counts = members.sum(axis=0)
     count = xr.DataArray(counts.astype(np.int64), dims=CLASS, coords={CLASS: cls})
     present = count > 0
-    data = act.drop_vars(label)
-    class_sum = xr.dot(data, onehot, dim=sample_dim)
+    data = act.drop_vars([label])
+    class_sum = xr.dot(data, onehot, dim=[sample_dim])
     denom = xr.DataArray(np.where(counts > 0, counts, np.nan), dims=CLASS, coords={CLASS: cls})
     class_mean = class_sum / denom  # x / nan is nan, without a warning
     n_present = int(present.sum())

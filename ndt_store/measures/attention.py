@@ -125,8 +125,8 @@ def attention_specialization(
     ent = attention_entropy(attn, dim=dim, from_logits=from_logits)
     avg = [d for d in ent.dims if d != head_dim and d not in keep_t]
     head_entropy = ent.mean(avg, skipna=False) if avg else ent
-    lo = head_entropy.min(head_dim, skipna=False)
-    hi = head_entropy.max(head_dim, skipna=False)
+    lo = head_entropy.min([head_dim], skipna=False)
+    hi = head_entropy.max([head_dim], skipna=False)
     attrs = {"units": "nat", "input": ent.attrs["input"]}
     ds = xr.Dataset(
         {
@@ -135,12 +135,12 @@ def attention_specialization(
                 averaged_dims=", ".join(map(str, avg)),
                 **attrs,
             ),
-            "mean_entropy": head_entropy.mean(head_dim, skipna=False).assign_attrs(
+            "mean_entropy": head_entropy.mean([head_dim], skipna=False).assign_attrs(
                 long_name="mean of head entropies", **attrs
             ),
             "min_entropy": lo.assign_attrs(long_name="lowest head entropy", **attrs),
             "max_entropy": hi.assign_attrs(long_name="highest head entropy", **attrs),
-            "entropy_std": head_entropy.std(head_dim, skipna=False, ddof=0).assign_attrs(
+            "entropy_std": head_entropy.std([head_dim], skipna=False, ddof=0).assign_attrs(
                 long_name="population std of head entropies", **attrs
             ),
             "specialization_index": (hi - lo).assign_attrs(
