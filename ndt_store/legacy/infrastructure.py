@@ -278,7 +278,7 @@ class Phase2Infrastructure:
     >>> moments = infra.identify_moments("run", num_jumps=1, steps="train")
     >>> result = infra.compare_representations(moments[0], moments[2])
     >>> result.moment, round(result.measurements["layer_changes"]["fc2"]["change"], 1)
-    ('before_jump_to_after_jump', 5.1)
+    ('before_jump_to_after_jump', 5.6)
     """
 
     def __init__(
