@@ -1,0 +1,635 @@
+"""The :class:`Recorder`: capture during an ordinary PyTorch training loop.
+
+A few lines around an unchanged loop record, into a store, the same Phase 1
+series the study's runs have (the four dimensionality metrics per tracked layer,
+loss and gradient norm every ``every`` steps) and, at chosen steps, snapshots of
+weights, probe-batch activations (with labels) and per-head attention. See
+``docs/capture.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
+from typing import Any
+
+import numpy as np
+
+from ndt_store import _dims as D
+from ndt_store.capture.hooks import (
+    attention_modules,
+    capture_attention,
+    capture_outputs,
+    select_layers,
+)
+from ndt_store.capture.metrics import activation_metrics
+from ndt_store.capture.trigger import JumpPolicy, JumpSnapshots
+from ndt_store.capture.writer import BackgroundWriter, PendingRecord, PendingSnapshot, to_host
+from ndt_store.errors import InputError, NdtStoreError, require
+
+__all__ = ["Recorder", "probe_hash"]
+
+log = logging.getLogger("ndt_store.capture")
+
+_RECORD_BYTES_PER_LAYER = 8 * len(D.PHASE1_METRICS)
+_RECORD_BYTES_FIXED = 8 * 4  # step, loss, grad_norm, epoch
+
+
+def probe_hash(inputs: Any) -> str:
+    """SHA-256 of a probe batch: dtype, shape and bytes of the (CPU, contiguous) inputs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> probe_hash(torch.zeros(2, 3)) == probe_hash(torch.zeros(2, 3))
+    True
+    """
+    import torch
+
+    t = inputs.detach().cpu().contiguous()
+    h = hashlib.sha256()
+    h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(nbytes) < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GiB"  # pragma: no cover
+
+
+class Recorder:
+    """Record a training run into a store from inside an ordinary training loop.
+
+    Use it as a context manager and call :meth:`step` once per optimizer step,
+    after ``loss.backward()`` and before ``optimizer.zero_grad()`` (so the
+    gradient norm can be read; or pass ``grad_norm=``)::
+
+        with Recorder(store, "my_run", model, probe=(x_probe, y_probe)) as rec:
+            for step, (x, y) in enumerate(loader, start=rec.start_step):
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                opt.step()
+                rec.step(step, loss=loss)
+                opt.zero_grad()
+
+    Every ``every`` steps the model runs on the fixed probe batch (in eval mode,
+    without gradients) and the four dimensionality metrics of each tracked
+    layer's output, the loss and the gradient norm become one Phase 1 record of
+    the experiment (``store.phase1(name)``), exactly as an imported study run.
+    At snapshot steps it stores the state dict, the probe activations of the
+    tracked layers (with the probe labels) and per-head attention probabilities.
+    All store writes happen on a background thread.
+
+    Parameters
+    ----------
+    store
+        A writable :class:`~ndt_store.Store`.
+    experiment
+        Run name. If it exists with the same layers the run is resumed: steps up
+        to the last stored one are ignored and :attr:`start_step` says where to go on.
+    model
+        The ``torch.nn.Module`` being trained.
+    probe
+        The fixed probe batch: ``inputs`` or ``(inputs, labels)``; the sample
+        axis is first. Its SHA-256 is stored; a resumed run must use the same.
+    every
+        Phase 1 measurement interval in steps.
+    snapshot_steps
+        Steps at which to store a full snapshot.
+    snapshot_every
+        Also snapshot every this many steps.
+    layers
+        Tracked layers: module types and/or name patterns (see
+        :func:`~ndt_store.capture.hooks.select_layers`); default Linear/Conv layers.
+    attention
+        Capture attention probabilities at snapshots: from every
+        ``nn.MultiheadAttention`` (including inside ``nn.TransformerEncoderLayer``)
+        and, when ``attention_kwargs`` is given, from the model's output.
+    attention_kwargs
+        Extra keyword arguments for snapshot probe forwards of models that return
+        attentions when asked (e.g. ``{"output_attentions": True}``).
+    attention_from_output
+        ``f(output) -> sequence or mapping of (sample, head, query, key) tensors``;
+        default ``output.attentions``. Sequences are named ``attentions.0``, ...
+    weights, activations
+        Whether snapshots include the state dict / the probe activations.
+    jump_snapshots
+        A :class:`~ndt_store.capture.trigger.JumpPolicy` (or ``True`` for the
+        default one) to store before/during/after snapshots around jumps
+        detected online; a ring buffer of host copies is then kept at every
+        measurement step.
+    arch_name, dataset, total_steps, seed, metadata
+        Run metadata (``num_steps`` is ``total_steps``); ``metadata`` is merged in.
+    eval_probe
+        Run the probe in eval mode (dropout off, batch-norm running stats).
+    flush_every, flush_seconds, max_queue
+        Phase 1 records per append, longest time records wait in memory, and
+        queue length of the background writer.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        experiment: str,
+        model: Any,
+        *,
+        probe: Any,
+        every: int = 5,
+        snapshot_steps: Iterable[int] = (),
+        snapshot_every: int | None = None,
+        layers: Sequence[str | type] | str | type | None = None,
+        attention: bool = True,
+        attention_kwargs: Mapping[str, Any] | None = None,
+        attention_from_output: Callable[[Any], Any] | None = None,
+        weights: bool = True,
+        activations: bool = True,
+        jump_snapshots: JumpPolicy | bool | None = None,
+        arch_name: str | None = None,
+        dataset: str = "unknown",
+        total_steps: int | None = None,
+        seed: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        eval_probe: bool = True,
+        flush_every: int = 50,
+        flush_seconds: float = 5.0,
+        max_queue: int = 8,
+    ) -> None:
+        if every < 1:
+            raise InputError("every must be a positive number of steps", field="every", value=every)
+        self.store = store
+        self.experiment = experiment
+        self.model = model
+        self._probe_arg = probe
+        self.every = int(every)
+        self.snapshot_steps = {int(s) for s in snapshot_steps}
+        self.snapshot_every = int(snapshot_every) if snapshot_every else None
+        self._layer_spec = layers
+        self.attention = bool(attention)
+        self.attention_kwargs = dict(attention_kwargs or {})
+        self.attention_from_output = attention_from_output
+        self.capture_weights = bool(weights)
+        self.capture_activations = bool(activations)
+        if jump_snapshots is True:
+            jump_snapshots = JumpPolicy()
+        self.jump_policy: JumpPolicy | None = jump_snapshots or None
+        self.arch_name = arch_name or type(model).__name__.lower()
+        self.dataset = dataset
+        self.total_steps = total_steps
+        self.seed = seed
+        self.extra_metadata = dict(metadata or {})
+        self.eval_probe = bool(eval_probe)
+        self._writer_kw = {
+            "flush_every": flush_every,
+            "flush_seconds": flush_seconds,
+            "max_queue": max_queue,
+        }
+        self.layers: list[str] = []
+        self.attention_layers: list[str] = []
+        self.start_step = 0
+        """First step that will be recorded (after the last stored one when resuming)."""
+        self.last_stored_step: int | None = None
+        self.estimate: dict[str, Any] = {}
+        """Bytes the chosen settings will write (computed on entry, before training)."""
+        self.results: dict[str, Any] = {}
+        self.jumps: JumpSnapshots | None = None
+        self._writer: BackgroundWriter | None = None
+        self._stack: ExitStack | None = None
+        self._t0 = 0.0
+        self._steps_seen = 0
+        self._last_step: int | None = None
+
+    # --------------------------------------------------------------- set-up
+    def _split_probe(self) -> tuple[Any, np.ndarray | None]:
+        torch = require("torch", "torch")
+        probe = self._probe_arg
+        labels = None
+        if isinstance(probe, (tuple, list)):
+            if len(probe) != 2:
+                raise InputError("probe must be inputs or (inputs, labels)", field="probe")
+            probe, labels = probe
+        if not isinstance(probe, torch.Tensor):
+            raise InputError(
+                f"probe inputs must be a torch.Tensor (got {type(probe).__name__})", field="probe"
+            )
+        if labels is not None:
+            labels = np.asarray(
+                labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+            )
+            if labels.shape[:1] != tuple(probe.shape[:1]):
+                raise InputError(
+                    f"probe labels have shape {labels.shape}; expected ({probe.shape[0]},)",
+                    field="probe",
+                )
+        return probe, labels
+
+    def __enter__(self) -> Recorder:
+        torch = require("torch", "torch")
+        self._stack = ExitStack()
+        try:
+            self._enter(torch)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _enter(self, torch: Any) -> None:
+        assert self._stack is not None
+        params = list(self.model.parameters())
+        self.device = params[0].device if params else torch.device("cpu")
+        inputs, self.labels = self._split_probe()
+        self.probe_hash = probe_hash(inputs)
+        self.probe_inputs = inputs.to(self.device)
+        self._modules = select_layers(self.model, self._layer_spec)
+        self._attn_modules = attention_modules(self.model) if self.attention else {}
+
+        # one dry probe forward: which layers produce outputs, and their shapes
+        outs, attn = self._probe(want_attention=self.attention)
+        self.layers = [n for n in self._modules if n in outs]
+        if not self.layers:
+            raise InputError(
+                f"none of the tracked layers {list(self._modules)} produced a tensor output "
+                "on the probe batch",
+                field="layers",
+            )
+        self._modules = {n: self._modules[n] for n in self.layers}
+        self.attention_layers = list(attn)
+        self.estimate = self._estimate(outs, attn)
+
+        self._stack.enter_context(self.store.writer(self.experiment))
+        self.store.create_run(self.experiment, self._metadata(), self.layers)
+        self._resume_state()
+        log.info(self.describe_estimate())
+
+        self.jumps = self.jump_policy.build(self._write_triggered) if self.jump_policy else None
+        if self.jumps is not None:
+            self.jumps.mark_stored(self.store.snapshot_steps(self.experiment))
+        self._writer = BackgroundWriter(
+            self.store,
+            self.experiment,
+            self.layers,
+            labels=self.labels,
+            probe_hash=self.probe_hash,
+            on_record=self._on_record if self.jumps is not None else None,
+            on_snapshot=(lambda s: self.jumps.mark_stored([s])) if self.jumps else None,
+            **self._writer_kw,  # type: ignore[arg-type]
+        )
+        self._t0 = time.perf_counter()
+
+    def _resume_state(self) -> None:
+        meta = self.store.metadata(self.experiment)
+        stored_hash = meta.get("capture", {}).get(D.PROBE_HASH)
+        if stored_hash is not None and stored_hash != self.probe_hash:
+            raise InputError(
+                f"experiment {self.experiment!r} was recorded with probe batch "
+                f"{stored_hash[:12]}; this probe batch is {self.probe_hash[:12]}",
+                field="probe",
+            )
+        steps = self.store.phase1(self.experiment)[D.STEP].values
+        self._stored_snapshots = set(self.store.snapshot_steps(self.experiment))
+        last = [int(steps[-1])] if steps.size else []
+        last += [max(self._stored_snapshots)] if self._stored_snapshots else []
+        self.last_stored_step = max(last) if last else None
+        self.start_step = 0 if self.last_stored_step is None else self.last_stored_step + 1
+        if self.last_stored_step is not None:
+            log.info(
+                "resuming %r after step %d (%d records stored)",
+                self.experiment,
+                self.last_stored_step,
+                steps.size,
+            )
+
+    def _metadata(self) -> dict[str, Any]:
+        torch = require("torch", "torch")
+        import ndt_store
+
+        n_params = sum(int(p.numel()) for p in self.model.parameters())
+        capture = {
+            "recorder": "ndt_store.capture.Recorder",
+            "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
+            "num_params": n_params,
+            "trainable_params": sum(
+                int(p.numel()) for p in self.model.parameters() if p.requires_grad
+            ),
+            "layers": self.layers,
+            "attention_layers": self.attention_layers,
+            D.PROBE_HASH: self.probe_hash,
+            "probe_shape": list(self.probe_inputs.shape),
+            "probe_source": "fixed probe batch, eval mode"
+            if self.eval_probe
+            else "fixed probe batch, train mode",
+            "stable_rank": "spectral (||A||_F^2 / ||A||_2^2)",
+            "every": self.every,
+            "device": str(self.device),
+            "seed": self.seed,
+            "torch_initial_seed": int(torch.initial_seed()),
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "ndt_store": ndt_store.__version__,
+            },
+            "estimate_bytes": self.estimate,
+        }
+        meta: dict[str, Any] = {
+            D.ARCH_NAME: self.arch_name,
+            D.DATASET: self.dataset,
+            D.MEASUREMENT_INTERVAL: self.every,
+            D.ARCHITECTURE_PARAMS: {"num_params": n_params, "depth": len(self.layers)},
+            "capture": capture,
+        }
+        if self.total_steps is not None:
+            meta[D.NUM_STEPS] = int(self.total_steps)
+        meta.update(self.extra_metadata)
+        return meta
+
+    def _estimate(self, outs: Mapping[str, Any], attn: Mapping[str, Any]) -> dict[str, Any]:
+        record = _RECORD_BYTES_PER_LAYER * len(self.layers) + _RECORD_BYTES_FIXED
+        w = sum(int(v.numel() * v.element_size()) for v in self.model.state_dict().values())
+        a = sum(int(outs[n].numel() * outs[n].element_size()) for n in self.layers)
+        t = sum(int(v.numel() * v.element_size()) for v in attn.values())
+        snap = (w if self.capture_weights else 0) + (a if self.capture_activations else 0) + t
+        total = self.total_steps
+        n_records = None if total is None else total // self.every + 1
+        scheduled: int | None = None
+        if total is not None:
+            steps = {s for s in self.snapshot_steps if s < total}
+            if self.snapshot_every:
+                steps |= set(range(0, total, self.snapshot_every))
+            scheduled = len(steps)
+        elif not self.snapshot_every:
+            scheduled = len(self.snapshot_steps)
+        jump_bytes: int | None = 0
+        if self.jump_policy is not None:
+            caps = []
+            if self.jump_policy.max_bytes is not None:
+                caps.append(int(self.jump_policy.max_bytes))
+            if self.jump_policy.max_count is not None:
+                caps.append(int(self.jump_policy.max_count) * snap)
+            jump_bytes = min(caps) if caps else None
+        parts = [
+            None if n_records is None else n_records * record,
+            None if scheduled is None else scheduled * snap,
+            jump_bytes,
+        ]
+        return {
+            "phase1_record": record,
+            "phase1_records": n_records,
+            "snapshot": snap,
+            "snapshot_weights": w,
+            "snapshot_activations": a,
+            "snapshot_attention": t,
+            "scheduled_snapshots": scheduled,
+            "jump_budget": jump_bytes,
+            "total": None if any(p is None for p in parts) else int(sum(parts)),  # type: ignore[arg-type]
+        }
+
+    def describe_estimate(self) -> str:
+        """One line: what the chosen capture settings will write (uncompressed)."""
+        e = self.estimate
+        recs = e["phase1_records"]
+        text = (
+            f"{self.experiment}: {len(self.layers)} layers, Phase 1 "
+            f"{_human(e['phase1_record'])}/record"
+            + (f" x {recs} = {_human(recs * e['phase1_record'])}" if recs is not None else "")
+            + f"; snapshot {_human(e['snapshot'])}"
+        )
+        if e["scheduled_snapshots"] is not None:
+            text += f" x {e['scheduled_snapshots']} scheduled"
+        if self.jump_policy is not None:
+            jb = e["jump_budget"]
+            text += "; jump budget " + ("unlimited" if jb is None else f"<= {_human(jb)}")
+        if e["total"] is not None:
+            text += f"; total ~ {_human(e['total'])}"
+        return text
+
+    # -------------------------------------------------------------- capture
+    def _probe(self, *, want_attention: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        torch = require("torch", "torch")
+        kwargs = self.attention_kwargs if want_attention else {}
+        was_training = self.model.training
+        with ExitStack() as stack:
+            outs = stack.enter_context(capture_outputs(self._modules))
+            attn: dict[str, Any] = {}
+            if want_attention and self._attn_modules:
+                attn = stack.enter_context(capture_attention(self._attn_modules))
+            stack.enter_context(torch.no_grad())
+            if self.eval_probe:
+                self.model.eval()
+            try:
+                output = self.model(self.probe_inputs, **kwargs)
+            finally:
+                self.model.train(was_training)
+        attn = dict(attn)
+        if want_attention and (self.attention_kwargs or self.attention_from_output):
+            attn.update(self._output_attention(output))
+        return dict(outs), attn
+
+    def _output_attention(self, output: Any) -> dict[str, Any]:
+        if self.attention_from_output is not None:
+            got = self.attention_from_output(output)
+        else:
+            got = getattr(output, "attentions", None)
+        if got is None:
+            raise InputError(
+                "the model output has no attentions; pass attention_from_output=",
+                field="attention_from_output",
+            )
+        if isinstance(got, Mapping):
+            items = list(got.items())
+        else:
+            items = [(f"attentions.{i}", t) for i, t in enumerate(got)]
+        return {name: t.detach() for name, t in items if t is not None}
+
+    def _grad_norm(self) -> Any:
+        torch = require("torch", "torch")
+        grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        norms = (
+            torch._foreach_norm(grads)
+            if hasattr(torch, "_foreach_norm")
+            else [torch.linalg.vector_norm(g) for g in grads]
+        )
+        return torch.linalg.vector_norm(torch.stack([n.to(torch.float64) for n in norms]))
+
+    def _snapshot_payload(self, outs: Mapping[str, Any], attn: Mapping[str, Any]) -> dict[str, Any]:
+        payload: dict[str, Any] = {}
+        if self.capture_weights:
+            payload[D.WEIGHTS] = {k: to_host(v) for k, v in self.model.state_dict().items()}
+        if self.capture_activations:
+            payload[D.ACTIVATIONS] = {n: to_host(outs[n]) for n in self.layers if n in outs}
+        if attn:
+            payload[D.ATTENTION] = {n: to_host(t) for n, t in attn.items()}
+        return payload
+
+    def is_scheduled(self, step: int) -> bool:
+        """Whether ``step`` is a scheduled snapshot step."""
+        return step in self.snapshot_steps or bool(
+            self.snapshot_every and step % self.snapshot_every == 0
+        )
+
+    def step(
+        self,
+        step: int,
+        *,
+        loss: Any = None,
+        grad_norm: Any = None,
+        epoch: int | None = None,
+    ) -> bool:
+        """Record training ``step`` if it is a measurement or snapshot step.
+
+        Parameters
+        ----------
+        step
+            The training step just taken (increasing).
+        loss
+            The step's loss (tensor or float); stored with the Phase 1 record.
+        grad_norm
+            Total gradient norm; default: computed from the parameters' ``.grad``
+            (NaN if they were already zeroed/set to ``None``).
+        epoch
+            Epoch number, stored with the record (``-1`` if not given).
+
+        Returns
+        -------
+        bool
+            Whether anything was captured at this step.
+        """
+        if self._writer is None:
+            raise NdtStoreError("Recorder.step() called outside its `with` block")
+        step = int(step)
+        if self._last_step is not None and step <= self._last_step:
+            raise InputError(
+                f"steps must increase: got {step} after {self._last_step}", field="step"
+            )
+        self._last_step = step
+        self._steps_seen += 1
+        if self.last_stored_step is not None and step <= self.last_stored_step:
+            return False
+        measure = step % self.every == 0
+        snap = self.is_scheduled(step) and step not in self._stored_snapshots
+        ring = measure and self.jumps is not None
+        if not (measure or snap):
+            self._writer._check()
+            return False
+        outs, attn = self._probe(want_attention=self.attention and (snap or ring))
+        payload = self._snapshot_payload(outs, attn) if (snap or ring) else None
+        if snap:
+            assert payload is not None
+            self._writer.put(PendingSnapshot(step, payload, {"trigger": "scheduled"}))
+        if measure:
+            metrics = activation_metrics([outs[n] for n in self.layers])
+            if grad_norm is None:
+                grad_norm = self._grad_norm()
+            self._writer.put(
+                PendingRecord(
+                    step,
+                    to_host(metrics),
+                    loss=_host_scalar(loss),
+                    grad_norm=_host_scalar(grad_norm),
+                    epoch=-1 if epoch is None else int(epoch),
+                    snapshot=payload if ring else None,
+                )
+            )
+        return True
+
+    def snapshot(self, step: int, **info: Any) -> None:
+        """Store a full snapshot now, at training ``step`` (``info``: JSON scalars)."""
+        if self._writer is None:
+            raise NdtStoreError("Recorder.snapshot() called outside its `with` block")
+        outs, attn = self._probe(want_attention=self.attention)
+        self._writer.put(
+            PendingSnapshot(
+                int(step), self._snapshot_payload(outs, attn), {"trigger": "manual", **info}
+            )
+        )
+
+    def _on_record(
+        self, step: int, rows: dict[str, np.ndarray], snap: Mapping[str, Any] | None
+    ) -> None:
+        assert self.jumps is not None
+        if snap is None:
+            return
+        sr = {layer: float(row[0]) for layer, row in rows.items()}
+        self.jumps.observe(step, sr, snap)
+
+    def _write_triggered(self, step: int, snap: Mapping[str, Any], info: dict[str, Any]) -> None:
+        assert self._writer is not None
+        self._writer.write_snapshot_now(step, snap, info)
+
+    def flush(self) -> None:
+        """Block until everything recorded so far is committed to the store."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def set_result(self, **fields: Any) -> None:
+        """Metadata to store when the run ends (e.g. ``final_accuracy=0.97``)."""
+        self.results.update(fields)
+
+    # -------------------------------------------------------------- tear-down
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self._stack is not None
+        try:
+            writer_error: BaseException | None = None
+            if self._writer is not None:
+                try:
+                    self._writer.close()
+                except BaseException as err:
+                    writer_error = err
+            if self.jumps is not None:
+                self.jumps.close()
+            if writer_error is None:
+                self.store.update_metadata(self.experiment, **self._final_metadata(exc_type))
+        finally:
+            self._writer = None
+            self._stack.close()
+        if writer_error is not None:
+            if exc_type is None:
+                raise writer_error
+            log.error("recording %r also failed: %s", self.experiment, writer_error)
+
+    def _final_metadata(self, exc_type: Any) -> dict[str, Any]:
+        meta = self.store.metadata(self.experiment)
+        capture = dict(meta.get("capture", {}))
+        w = self._writer
+        capture.update(
+            {
+                "status": "complete" if exc_type is None else f"interrupted ({exc_type.__name__})",
+                "last_step": self._last_step,
+                "append_seconds": None if w is None else round(w.append_seconds, 4),
+                "snapshot_seconds": None if w is None else round(w.snapshot_seconds, 4),
+            }
+        )
+        if self.jumps is not None:
+            capture["online_jumps"] = [
+                {"step": j.step, "layers": list(j.layers), "z": round(j.z, 4)}
+                for j in self.jumps.jumps
+            ]
+            capture["jump_snapshots"] = [{"step": s, "role": r} for s, r in self.jumps.written]
+            capture["jump_budget_used"] = {
+                "bytes": self.jumps.budget.used_bytes,
+                "count": self.jumps.budget.used_count,
+            }
+        fields: dict[str, Any] = {"capture": capture}
+        elapsed = time.perf_counter() - self._t0 + float(meta.get(D.ELAPSED_TIME) or 0.0)
+        fields[D.ELAPSED_TIME] = round(elapsed, 3)
+        if self.total_steps is None and self._last_step is not None:
+            fields[D.NUM_STEPS] = self._last_step + 1
+        fields.update(self.results)
+        return fields
+
+
+def _host_scalar(value: Any) -> Any:
+    if value is None:
+        return None
+    if hasattr(value, "detach"):
+        return to_host(value.detach().reshape(-1)[:1])
+    return float(value)
