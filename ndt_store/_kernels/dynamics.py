@@ -187,13 +187,19 @@ def window_speed(x: npt.ArrayLike, count: npt.ArrayLike) -> np.ndarray:
     [0.6666666666666666, 0.75, 0.8, 0.8, 0.75]
     """
     a = _float(x)
+    m = a.shape[-1]
     n = np.asarray(count)[..., None]
-    i = np.arange(a.shape[-1] - 1)
+    i = np.arange(m - 1)
     s = np.maximum(0, i - 2)
-    e = np.minimum(n, i + 3)
-    end = np.take_along_axis(a, np.clip(e - 1, 0, None), axis=-1)
+    # x[e-1]: x[i+2] inside the series, its last value where the window is cut
+    end = np.full((*a.shape[:-1], m - 1), np.nan)
+    end[..., : m - 2] = a[..., 2:]
+    last = np.take_along_axis(a, np.clip(n - 1, 0, None), axis=-1)
+    cut = i + 3 > n
+    end = np.where(cut, last, end)
+    width = np.where(cut, n - s, i + 3 - s)
     with np.errstate(divide="ignore", invalid="ignore"):
-        speed = np.abs(end - a[..., s]) / (e - s)
+        speed = np.abs(end - a[..., s]) / width
     return np.where(i < n - 1, speed, np.nan)
 
 
