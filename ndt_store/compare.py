@@ -209,7 +209,19 @@ def tensor_changes(
             layer: attention_specialization(attn.sel({STEP: pair}))
             for layer, attn in store.attention(experiment).items()
         }
-    (done,) = dask.compute(lazy)
+    # One compute for everything, over DataArrays: computing several Datasets that share
+    # sub-expressions in one call trips a dask graph-merge error (dask 2026.8).
+    flat: list[tuple[str, str, str | None, xr.DataArray]] = []
+    for kind, entries in lazy.items():
+        for name, value in entries.items():
+            if isinstance(value, xr.Dataset):
+                flat += [(kind, name, str(v), value[v]) for v in value.data_vars]
+            else:
+                flat += [(kind, name, k, v) for k, v in value.items()]
+    computed = dask.compute(*[item[3] for item in flat])
+    done: dict[str, dict[str, Any]] = {kind: {} for kind in lazy}
+    for (kind, name, var, _), value in zip(flat, computed, strict=True):
+        done[kind].setdefault(name, {})[var] = value
     out: dict[str, Any] = {}
     if WEIGHTS in done:
         out[WEIGHTS] = {
