@@ -150,6 +150,11 @@ def phase1_changes(ds: xr.Dataset, step_before: float, step_after: float) -> dic
     }
 
 
+_NO_PHASE1: dict[str, Any] = dict.fromkeys(
+    ("index_before", "index_after", "loss_before", "loss_after", "loss_change")
+)
+
+
 def _before_after(da: xr.DataArray) -> dict[str, Any]:
     values = np.asarray(da.values, dtype=np.float64)
     return {
@@ -287,7 +292,8 @@ def compare_representations(
     -------
     dict
         ``experiment``, ``requested_before``, ``requested_after``, the keys of
-        :func:`phase1_changes`, and those of :func:`tensor_changes` when any.
+        :func:`phase1_changes` (``None``/empty for a run without Phase 1
+        records; steps are then the requested ones), and those of :func:`tensor_changes` when any.
 
     Examples
     --------
@@ -315,7 +321,11 @@ def compare_representations(
         )
     b, a = _step_of(before, "before"), _step_of(after, "after")
     out: dict[str, Any] = {"experiment": experiment, "requested_before": b, "requested_after": a}
-    out.update(phase1_changes(store.phase1(experiment), b, a))
+    ds = store.phase1(experiment)
+    if ds.sizes[STEP]:
+        out.update(phase1_changes(ds, b, a))
+    else:  # a run with tensors only (e.g. ingested checkpoints)
+        out.update(_NO_PHASE1, step_before=b, step_after=a, layer_changes={}, metric_changes={})
     if tensors and store.snapshot_steps(experiment):
         out.update(tensor_changes(store, experiment, b, a))
     return out
