@@ -118,7 +118,7 @@ def tensor_store(tmp_path: Path):
 
 
 def test_tensor_changes_match_numpy(tensor_store):
-    store, data, labels = tensor_store
+    store, data, _ = tensor_store
     res = compare_representations(store, 10, 20, experiment="run")
     (wb, ab, tb), (wa, aa, ta) = data[10], data[20]
     for name in wb:
@@ -145,8 +145,8 @@ def test_tensor_changes_match_numpy(tensor_store):
 
 
 def test_tensor_changes_read_only_two_steps(tensor_store, monkeypatch):
-    """Corrupt step 0's stored weights in memory: comparing 10 → 20 must not touch them."""
-    store, data, _ = tensor_store
+    """Comparing 10 → 20 asks the store for those two weight steps only, computes once."""
+    store, _, _ = tensor_store
     calls = []
     real_compute = dask.compute
 
