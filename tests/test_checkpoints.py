@@ -109,7 +109,7 @@ def test_bare_state_dict_and_numpy_scalars(store, tmp_path):
         tmp_path / "legacy.pt",
     )
     assert ingest_checkpoints(store, tmp_path, experiment="r") == {7: "created", 9: "created"}
-    weights, info = load_checkpoint(tmp_path / "legacy.pt")
+    _, info = load_checkpoint(tmp_path / "legacy.pt")
     assert info == {"step": 9, "loss": 0.25}
 
 
@@ -137,7 +137,7 @@ def test_malicious_pickle_refused_unrun(store, tmp_path, monkeypatch, force_unsa
         with open(path, "wb") as f:
             pickle.dump(obj, f, protocol=2)
     shutil.copy(path, tmp_path / "copy.pt")
-    with pytest.raises(UnsafeCheckpointError, match="checkpoint_step_00010.pt"):
+    with pytest.raises(UnsafeCheckpointError, match=r"checkpoint_step_00010\.pt"):
         ingest_checkpoints(store, path, experiment="r")
     with pytest.raises(UnsafeCheckpointError):
         load_checkpoint(tmp_path / "copy.pt")
@@ -156,7 +156,7 @@ def test_unsafe_file_in_directory_stops_before_writing(store, tmp_path):
 
 def test_errors(store, tmp_path):
     torch.save({"w": torch.ones(2)}, tmp_path / "final.pt")
-    with pytest.raises(InputError, match="final.pt"):
+    with pytest.raises(InputError, match=r"final\.pt"):
         ingest_checkpoints(store, tmp_path / "final.pt", experiment="r")
     torch.save({"w": torch.ones(2), "step": 3}, tmp_path / "a_3.pt")
     torch.save({"w": torch.ones(2)}, tmp_path / "b_3.pt")
