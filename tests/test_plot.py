@@ -283,16 +283,17 @@ def test_no_figures_left_open_and_memory_flat(tmp_path: Path) -> None:
     proc = psutil.Process()
     refs = []
 
-    def call() -> None:
-        fig = metric_heatmap(da, jumps={"fc": [10]}, path=tmp_path / "m.png", dpi=40)
+    def call(i: int) -> None:
+        path = tmp_path / "m.png" if i % 10 == 0 else None  # both paths; saving is the slow one
+        fig = metric_heatmap(da, jumps={"fc": [10]}, path=path, dpi=40)
         refs.append(weakref.ref(fig))
 
-    for _ in range(5):  # warm caches (fonts, colormaps)
-        call()
+    for i in range(5):  # warm caches (fonts, colormaps)
+        call(i)
     gc.collect()
     base = proc.memory_info().rss
-    for _ in range(100):
-        call()
+    for i in range(100):
+        call(i)
     gc.collect()
     grown = proc.memory_info().rss - base
     assert plt.get_fignums() == []
@@ -542,3 +543,29 @@ def test_real_phase1_heatmap_with_published_jumps(tmp_path: Path) -> None:
     assert [t.get_text() for t in ax.get_yticklabels()] == sorted(set(expected[LAYER]))
     fig = experiment_overview(ds, path=tmp_path / "o.png")
     _check_png(tmp_path / "o.png", fig)
+
+
+def test_metric_heatmap_flags_over_index_with_nan_and_experiment() -> None:
+    da = phase1_da().expand_dims({EXPERIMENT: ["e1", "e2"]}).copy()
+    # jumps over (experiment, layer, index) with len(step) - 1 indices, as detect_jumps gives
+    is_jump = xr.DataArray(
+        np.zeros((2, 3, 9), dtype=bool),
+        dims=(EXPERIMENT, LAYER, INDEX),
+        coords={EXPERIMENT: ["e1", "e2"], LAYER: ["network.0", "network.2", "fc"]},
+    )
+    is_jump[1, 2, 4] = True  # e2, fc, index 4 -> step 20
+    is_jump[0, 0, 1] = True  # e1 only: must not show for e2
+    # critical as 1.0 / 0.0 / NaN (no record), with an extra all-NaN layer absent here
+    crit = xr.DataArray(
+        np.full((4, 10), np.nan), dims=(LAYER, INDEX),
+        coords={LAYER: ["network.0", "network.2", "fc", "other"]},
+    )  # fmt: skip
+    crit[0, :] = 0.0
+    crit[0, 3] = 1.0
+    ax = metric_heatmap(da, experiment="e2", jumps=is_jump, critical=crit).axes[0]
+    np.testing.assert_allclose(ax.collections[-1].get_offsets(), [[20, 2]])
+    boxes = [c for c in ax.collections if c.get_hatch()]
+    assert len(boxes) == 1  # NaN counted as not critical: only network.0 index 3
+    crit[3, 0] = 1.0
+    with pytest.raises(InputError, match="other"):
+        metric_heatmap(da, experiment="e2", critical=crit)

@@ -78,7 +78,7 @@ def activation_heatmap(
     fig, axes = new_figure((8.0, 5.0))
     ax = axes[0, 0]
     im = ax.imshow(values, cmap="viridis", aspect="auto", interpolation="nearest")
-    fig.colorbar(im, ax=ax, label=str(da.name or "activation"))
+    fig.colorbar(im, ax=ax, label=f"activation ({da.name})" if da.name else "activation")
     set_ticks(ax, "x", xlabels, max_ticks=40)
     set_ticks(ax, "y", labels_of(da, FEATURE))
     ax.set_xlabel(SAMPLE if xname == SAMPLE else f"{SAMPLE} ({LABEL})")

@@ -52,7 +52,9 @@ def experiment_overview(
     Returns
     -------
     matplotlib.figure.Figure
-        Line colour encodes the layer's relative depth within its experiment.
+        Line colour encodes each layer's position among the experiment's layers, in the
+        order of the ``layer`` coordinate (which is network depth only if the coordinate
+        is ordered by depth).
 
     Examples
     --------
@@ -91,7 +93,7 @@ def experiment_overview(
     sizes = [len(v) for v in groups.values()]
     ncols = max(len(v) for v in groups.values())
     fig, axes = new_figure(
-        (2.8 * ncols + 1.4, 2.1 * nrows + 0.6), nrows=nrows, ncols=ncols, sharey=sharey
+        (max(6.0, 2.8 * ncols + 1.4), 2.1 * nrows + 0.6), nrows=nrows, ncols=ncols, sharey=sharey
     )
     cmap = colormaps["viridis"]
     for r, (arch, members) in enumerate(groups.items()):
@@ -117,7 +119,7 @@ def experiment_overview(
     fig.colorbar(
         ScalarMappable(norm=Normalize(0, 1), cmap=cmap),
         ax=axes,
-        label="relative layer depth (0 = first)",
+        label=f"position in {LAYER} coordinate (0 = first)",
         shrink=0.8,
     )
     fig.suptitle(f"{da.name or metric} per experiment, grouped by {ARCH_NAME}", fontsize=11)

@@ -102,12 +102,8 @@ def _jump_points(
                 value=list(df.columns),
             )
     elif isinstance(jumps, xr.DataArray):
-        require_dims(jumps, (STEP, LAYER), what="jumps")
-        mask = np.asarray(jumps.transpose(STEP, LAYER).values, dtype=bool)
-        s_idx, l_idx = np.nonzero(mask)
-        js = numeric_coord(jumps, STEP)
-        jl = labels_of(jumps, LAYER)
-        pairs = [(js[i], jl[j]) for i, j in zip(s_idx, l_idx, strict=True)]
+        mask = _flags_on_steps(jumps, da, steps, layers, what="jumps")
+        return [(float(steps[c]), int(r)) for r, c in zip(*np.nonzero(mask), strict=True)]
     elif isinstance(jumps, Mapping):
         pairs = [(s, layer) for layer, ss in jumps.items() for s in ss]
     else:
@@ -131,24 +127,37 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.nonzero(d == 1)[0], np.nonzero(d == -1)[0], strict=True))
 
 
-def _critical_mask(critical: xr.DataArray, steps: np.ndarray, layers: list[str]) -> np.ndarray:
-    if INDEX in critical.dims and STEP not in critical.dims:
-        if critical.sizes[INDEX] > steps.size:
+def _flags_on_steps(
+    flags: xr.DataArray, da: xr.DataArray, steps: np.ndarray, layers: list[str], *, what: str
+) -> np.ndarray:
+    """A (layer, step) boolean mask aligned with the heatmap from flags over step or index.
+
+    ``index`` positions map to the heatmap's steps; NaN (no record) counts as not flagged;
+    an ``experiment`` dim is reduced to the heatmap's experiment.
+    """
+    if EXPERIMENT in flags.dims:
+        exp = da[EXPERIMENT].values[()] if EXPERIMENT in da.coords else None
+        flags = select_experiment(flags, exp, what=what)
+    if INDEX in flags.dims and STEP not in flags.dims:
+        n = flags.sizes[INDEX]
+        if n > steps.size:
             raise InputError(
-                f"critical has {critical.sizes[INDEX]} records, the heatmap {steps.size}",
-                field="critical",
+                f"{what} has {n} records, the heatmap {steps.size}", field=what, value=n
             )
-        critical = critical.rename({INDEX: STEP}).assign_coords(
-            {STEP: steps[: critical.sizes[INDEX]]}
-        )
-    require_dims(critical, (STEP, LAYER), what="critical")
-    unknown = sorted(set(labels_of(critical, LAYER)) - set(layers))
+        flags = flags.rename({INDEX: STEP}).assign_coords({STEP: steps[:n]})
+    require_dims(flags, (STEP, LAYER), what=what)
+    flags = flags.where(flags.notnull(), False).astype(bool).transpose(LAYER, STEP)
+    values = np.asarray(flags.values)
+    flagged_layers = {
+        lab for lab, row in zip(labels_of(flags, LAYER), values, strict=True) if row.any()
+    }
+    unknown = sorted(flagged_layers - set(layers))
     if unknown:
         raise InputError(
-            f"critical layers not in the heatmap (have {layers})", field="critical", value=unknown
+            f"{what} layers not in the heatmap (have {layers})", field=what, value=unknown
         )
-    crit = critical.astype(bool).reindex({STEP: steps, LAYER: layers}, fill_value=False)
-    return np.asarray(crit.transpose(LAYER, STEP).values, dtype=bool)
+    flags = flags.copy(data=values).reindex({STEP: steps, LAYER: layers}, fill_value=False)
+    return np.asarray(flags.values, dtype=bool)
 
 
 def metric_heatmap(
@@ -178,10 +187,13 @@ def metric_heatmap(
         ``train_step`` (training step) or ``index`` (record index, mapped to the
         step coordinate by position); rows of other experiments are dropped when it
         has an ``experiment`` column. Also a boolean DataArray over ``(step, layer)``
-        or a ``{layer: [training steps]}`` dict.
+        or ``(index, layer)`` (such as ``detect_jumps(x).is_jump``) or a
+        ``{layer: [training steps]}`` dict.
     critical
-        Boolean DataArray over ``(step, layer)`` (or ``(index, layer)``): critical
-        periods, drawn as hatched boxes.
+        Flags over ``(step, layer)`` or ``(index, layer)`` (boolean, or 1.0/0.0/NaN as
+        from ``critical_periods``; NaN counts as not critical): critical periods, drawn
+        as hatched boxes. For the DataArray forms an ``experiment`` dim is reduced to
+        the heatmap's experiment.
     path, dpi
         Save here (format by extension, PNG when none) and still return the figure.
 
@@ -221,7 +233,7 @@ def metric_heatmap(
     handles: list[Any] = []
 
     if critical is not None:
-        mask = _critical_mask(critical, steps, layers)
+        mask = _flags_on_steps(critical, da, steps, layers, what="critical")
         for r in range(len(layers)):
             spans = [(x_edges[s], x_edges[e] - x_edges[s]) for s, e in _runs(mask[r])]
             if spans:
