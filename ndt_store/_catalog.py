@@ -37,17 +37,62 @@ def _revisions(store: Store) -> dict[str, str]:
     return {name: e["revision"] for name, e in store._list_entries().items()}
 
 
+def read_phase1_arrays(
+    store: Store, names: list[str], fields: tuple[str, ...]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Read ``fields`` of many experiments' Phase 1 frames concurrently (not cached)."""
+    import asyncio
+    import json
+
+    from zarr.core.array import AsyncArray
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    from ndt_store._frame import FRAME_ATTR
+    from ndt_store.errors import CorruptStoreError
+    from ndt_store.store import EXPERIMENTS
+
+    entries = store._list_entries()
+    base = store._root.store_path
+
+    async def one(name: str) -> dict[str, np.ndarray]:
+        frame = base / f"{EXPERIMENTS}/{name}/{entries[name]['phase1']}"
+        buf = await frame.store.get(f"{frame.path}/zarr.json", default_buffer_prototype())
+        if buf is None:
+            raise CorruptStoreError(f"{store.location}: Phase 1 group of {name!r} is missing")
+        rows = int(json.loads(buf.to_bytes())["attributes"][FRAME_ATTR]["rows"])
+        out: dict[str, np.ndarray] = {}
+        for field in fields:
+            if rows == 0 and field != D.LAYER:
+                out[field] = np.zeros((0,), dtype=np.int64 if field == D.STEP else float)
+                continue
+            arr = await AsyncArray.open(frame / field)
+            sel = Ellipsis if field == D.LAYER else slice(0, rows)
+            out[field] = np.asarray(await arr.getitem(sel))
+        return out
+
+    async def gather() -> list[dict[str, np.ndarray]]:
+        sem = asyncio.Semaphore(64)
+
+        async def bounded(name: str) -> dict[str, np.ndarray]:
+            async with sem:
+                return await one(name)
+
+        return await asyncio.gather(*(bounded(n) for n in names))
+
+    return dict(zip(names, sync(gather()), strict=True))
+
+
 def _layout(store: Store) -> tuple[list[str], np.ndarray, list[str]]:
     """Experiments, union of steps (sorted) and union of layers (first seen)."""
     names = store.experiments()
-    steps: set[int] = set()
+    found = read_phase1_arrays(store, names, (D.STEP, D.LAYER))
+    steps = np.unique(np.concatenate([f[D.STEP] for f in found.values()] or [np.zeros(0)]))
     layers: dict[str, None] = {}
     for name in names:
-        arrays = store._phase1_numpy(name)
-        steps.update(int(s) for s in arrays[D.STEP])
-        for layer in arrays[D.LAYER]:
+        for layer in found[name][D.LAYER]:
             layers.setdefault(str(layer), None)
-    return names, np.asarray(sorted(steps), dtype=np.int64), list(layers)
+    return names, steps.astype(np.int64), list(layers)
 
 
 def _fill_block(
@@ -57,8 +102,13 @@ def _fill_block(
     block = {v: np.full((len(names), steps.size, n_l), np.nan) for v in D.PHASE1_METRICS}
     for v in (D.LOSS, D.GRAD_NORM, D.EPOCH):
         block[v] = np.full((len(names), steps.size), np.nan)
+    found = read_phase1_arrays(
+        store, names, (D.STEP, D.LAYER, "metrics", D.LOSS, D.GRAD_NORM, D.EPOCH)
+    )
     for e, name in enumerate(names):
-        arrays = store._phase1_numpy(name)
+        arrays = found[name]
+        if arrays[D.STEP].size == 0:
+            continue
         si = np.searchsorted(steps, arrays[D.STEP])
         li = np.asarray([layer_index[str(x)] for x in arrays[D.LAYER]], dtype=np.int64)
         for k, m in enumerate(D.PHASE1_METRICS):

@@ -171,46 +171,41 @@ class Frame:
         registry = dict(self._info["columns"])
         for name, values in columns.items():
             values = np.asarray(values)
-            if name in registry or name in self.group:
-                arr = self.group[name]
-                assert isinstance(arr, zarr.Array)
-                if name in registry and tuple(arr.shape[1:]) != values.shape[1:]:
+            if name in registry:
+                arr = self.array(name)
+                if tuple(arr.shape[1:]) != values.shape[1:]:
                     raise InputError(
                         f"column {name!r} has rows of shape {tuple(arr.shape[1:])}; "
                         f"cannot append rows of shape {values.shape[1:]}"
                     )
-                if name not in registry:  # left behind by an interrupted append
-                    self.group.__delitem__(name)
-            if name not in self.group:
-                col_dims = tuple(dims[name])
-                if len(col_dims) != values.ndim:
-                    raise InputError(
-                        f"column {name!r}: dims {col_dims} do not match {values.ndim}-d rows"
-                    )
-                chunk = (
-                    tuple(chunks[name])
-                    if chunks and name in chunks
-                    else (
-                        default_row_chunk(values.shape[1:], values.dtype.itemsize),
-                        *values.shape[1:],
-                    )
+                if arr.shape[0] != n:
+                    arr.resize((n, *arr.shape[1:]))
+                arr.resize((n + k, *arr.shape[1:]))
+                arr[n : n + k] = values
+                continue
+            col_dims = tuple(dims[name])
+            if len(col_dims) != values.ndim:
+                raise InputError(
+                    f"column {name!r}: dims {col_dims} do not match {values.ndim}-d rows"
                 )
-                self.group.create_array(
-                    name,
-                    shape=(0, *values.shape[1:]),
-                    dtype=values.dtype,
-                    chunks=tuple(max(1, c) for c in chunk),
-                    dimension_names=col_dims,
-                    compressors=COMPRESSORS,
-                    fill_value=_fill_value(values.dtype),
-                )
-                registry[name] = list(col_dims)
-            arr = self.group[name]
-            assert isinstance(arr, zarr.Array)
-            if arr.shape[0] != n:
-                arr.resize((n, *arr.shape[1:]))
-            arr.resize((n + k, *arr.shape[1:]))
+            chunk = (
+                tuple(chunks[name])
+                if chunks and name in chunks
+                else (default_row_chunk(values.shape[1:], values.dtype.itemsize), *values.shape[1:])
+            )
+            # overwrite=True also removes an array left behind by an interrupted append
+            arr = self.group.create_array(
+                name,
+                shape=(n + k, *values.shape[1:]),
+                dtype=values.dtype,
+                chunks=tuple(max(1, c) for c in chunk),
+                dimension_names=col_dims,
+                compressors=COMPRESSORS,
+                fill_value=_fill_value(values.dtype),
+                overwrite=True,
+            )
             arr[n : n + k] = values
+            registry[name] = list(col_dims)
         for name in registry:
             if name in columns:
                 continue
@@ -235,6 +230,10 @@ class Frame:
             )
         return np.asarray(arr[: self.rows])
 
+    def read_many(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Read several columns/static arrays concurrently (one round trip of I/O)."""
+        return read_arrays(self.group, names, self.rows, set(self.static))
+
     def dask(self, name: str) -> Any:
         """A dask array over the committed rows of column ``name`` (chunks = stored chunks)."""
         import dask.array as da
@@ -245,3 +244,33 @@ class Frame:
                 f"{arr.store_path}: array has {arr.shape[0]} rows but {self.rows} are committed"
             )
         return da.from_zarr(arr)[: self.rows]
+
+
+def read_arrays(
+    group: zarr.Group, names: Sequence[str], rows: int, static: set[str]
+) -> dict[str, np.ndarray]:
+    """Read arrays of ``group`` concurrently; along-row arrays sliced to ``rows``."""
+    import asyncio
+
+    from zarr.core.array import AsyncArray
+    from zarr.core.sync import sync
+
+    base = group.store_path
+
+    async def one(name: str) -> np.ndarray:
+        try:
+            arr = await AsyncArray.open(base / name)
+        except (FileNotFoundError, KeyError):
+            raise CorruptStoreError(f"{base}: array {name!r} is listed but missing") from None
+        if name in static:
+            return np.asarray(await arr.getitem(Ellipsis))
+        if arr.shape[0] < rows:
+            raise CorruptStoreError(
+                f"{base}/{name}: array has {arr.shape[0]} rows but {rows} are committed"
+            )
+        return np.asarray(await arr.getitem(slice(0, rows)))
+
+    async def gather() -> list[np.ndarray]:
+        return await asyncio.gather(*(one(n) for n in names))
+
+    return dict(zip(names, sync(gather()), strict=True))

@@ -394,33 +394,36 @@ class Store:
         cached = self._phase1_cache.get(experiment)
         if cached is not None and cached[0] == entry["revision"]:
             return cached
-        grp = self._exp_group(experiment)
-        try:
-            frame = Frame(grp[entry["phase1"]])  # type: ignore[arg-type]
-        except KeyError:
-            raise CorruptStoreError(
-                f"{self.location}: experiment {experiment!r} lists Phase 1 group "
-                f"{entry['phase1']!r} which is missing"
-            ) from None
-        layers = frame.read(D.LAYER)
+        frame = self._frame_at(f"{EXPERIMENTS}/{experiment}/{entry['phase1']}", experiment)
         if frame.rows == 0:
+            layers = frame.read(D.LAYER)
             arrays = {
                 D.STEP: np.zeros(0, np.int64),
                 "metrics": np.zeros((0, layers.size, len(D.PHASE1_METRICS))),
                 D.LOSS: np.zeros(0),
                 D.GRAD_NORM: np.zeros(0),
                 D.EPOCH: np.zeros(0, np.int64),
+                D.LAYER: layers,
             }
         else:
-            arrays = {
-                name: frame.read(name) for name in (D.STEP, "metrics", D.LOSS, D.GRAD_NORM, D.EPOCH)
-            }
-        arrays[D.LAYER] = layers
+            arrays = frame.read_many((D.STEP, D.LAYER, "metrics", D.LOSS, D.GRAD_NORM, D.EPOCH))
         arrays[D.LAYER] = np.asarray([str(x) for x in arrays[D.LAYER]], dtype=object)
         ds = _phase1_dataset(arrays, entry.get("metadata", {}), experiment)
         cached = (entry["revision"], ds, arrays)
         self._phase1_cache[experiment] = cached
         return cached
+
+    def _frame_at(self, path: str, experiment: str) -> Frame:
+        """Open the frame group at ``path`` (relative to the root) in one metadata read."""
+        full = f"{self._root.path}/{path}" if self._root.path else path
+        try:
+            group = zarr.open_group(self._root.store, path=full, mode="r", zarr_format=3)
+        except (FileNotFoundError, KeyError, ValueError):
+            raise CorruptStoreError(
+                f"{self.location}: experiment {experiment!r} lists group {path!r} which is "
+                "missing or unreadable"
+            ) from None
+        return Frame(group)
 
     def phase1(self, experiment: str) -> xr.Dataset:
         """Phase 1 dataset of one experiment over ``(step, layer)``.
