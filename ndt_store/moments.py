@@ -288,6 +288,8 @@ def jump_moments(
     store = source if isinstance(source, Store) else None
     table = source if isinstance(source, pd.DataFrame) else jumps
     rows = _jump_rows(store, table, experiment, threshold, alpha)
+    if rows.empty:
+        return []
     record_steps = _record_steps(store, experiment)
     if steps == "train" and record_steps is None:
         raise InputError(
@@ -295,8 +297,6 @@ def jump_moments(
             field="steps",
             value=steps,
         )
-    if rows.empty:
-        return []
     magnitude = pd.to_numeric(rows["magnitude"], errors="coerce").fillna(0.0).to_numpy()
     order = np.argsort(-magnitude, kind="stable")[: max(num_jumps, 0)]
     records = _records(rows)
