@@ -163,7 +163,7 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def labels_of(da: xr.DataArray, dim: Hashable) -> list[str]:
+def labels_of(da: xr.DataArray | xr.Dataset, dim: Hashable) -> list[str]:
     """Tick labels for ``dim``: its coordinate values, or positions when it has none."""
     if dim in da.coords:
         return [fmt(v) for v in np.asarray(da[dim].values)]
@@ -190,7 +190,7 @@ def set_ticks(ax: Axes, axis: str, labels: Sequence[str], *, max_ticks: int = MA
     n = len(labels)
     stride = max(1, int(np.ceil(n / max_ticks)))
     pos = np.arange(0, n, stride)
-    shown = [labels[i] for i in pos]
+    shown = [labels[int(i)] for i in pos]
     if axis == "x":
         ax.set_xticks(pos, shown, rotation=90 if max(map(len, shown), default=0) > 3 else 0)
     else:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 from ndt_store._dims import HEAD, KEY, QUERY, SAMPLE, STEP
 from ndt_store.errors import InputError
@@ -180,7 +181,7 @@ def attention_heads_comparison(
 
     n = len(chosen)
     fig, axes = new_figure((2.6 * n + 1.0, 5.4), nrows=2, ncols=n)
-    im = None
+    im: AxesImage | None = None
     for r, (name, da, stack) in enumerate(rows):
         ctx = da.drop_vars([c for c in da.coords if c == HEAD or da[c].ndim > 0])
         for c, h in enumerate(chosen):
@@ -191,6 +192,7 @@ def attention_heads_comparison(
             ax.set_title(f"{HEAD} {fmt(h)}, {name}", fontsize=10)
             if c == 0:
                 ax.set_ylabel(with_context(name, ctx))
+    assert im is not None  # at least one head was drawn
     fig.colorbar(im, ax=axes, label="attention weight (shared scale)", shrink=0.8)
     return finish(fig, path, dpi=dpi)
 

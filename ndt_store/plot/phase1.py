@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -28,13 +28,13 @@ from ndt_store.plot._common import (
     with_context,
 )
 
+XrT = TypeVar("XrT", xr.DataArray, xr.Dataset)
+
 TRAIN_STEP = "train_step"
 """Jump-table column holding a true training step (the published table's ``step`` is an index)."""
 
 
-def select_experiment(
-    data: xr.Dataset | xr.DataArray, experiment: Hashable | None, *, what: str
-) -> xr.Dataset | xr.DataArray:
+def select_experiment(data: XrT, experiment: Hashable | None, *, what: str) -> XrT:
     """Reduce an ``experiment`` dim to one experiment (by label, or the only one there is)."""
     if EXPERIMENT not in data.dims:
         return data
@@ -136,7 +136,7 @@ def _flags_on_steps(
     an ``experiment`` dim is reduced to the heatmap's experiment.
     """
     if EXPERIMENT in flags.dims:
-        exp = da[EXPERIMENT].values[()] if EXPERIMENT in da.coords else None
+        exp = da[EXPERIMENT].item() if EXPERIMENT in da.coords else None
         flags = select_experiment(flags, exp, what=what)
     if INDEX in flags.dims and STEP not in flags.dims:
         n = flags.sizes[INDEX]

@@ -110,7 +110,7 @@ def filter_grid(
         n_ch = min(n_in, 8)
         values = values[:, :n_ch]
         ncols, nrows = n_ch, n
-        panels = [(i, c) for i in range(n) for c in range(n_ch)]
+        panels: list[tuple[int, int | None]] = [(i, c) for i in range(n) for c in range(n_ch)]
         if n_ch == 1:  # a single channel: lay filters out on a square grid instead
             ncols = int(np.ceil(np.sqrt(n)))
             nrows = int(np.ceil(n / ncols))
