@@ -60,13 +60,19 @@ def _load(path: Path) -> Any:
 
 def child(path: Path, quick: bool, out: Path) -> None:
     """Run one benchmark module in this process and write its rows to ``out``."""
+    import inspect
+
     module = _load(path)
-    if not callable(getattr(module, "run", None)):
-        out.write_text(json.dumps({"skipped": "no run(quick) function"}))
+    fn = getattr(module, "run", None)
+    if not callable(fn) or "quick" not in inspect.signature(fn).parameters:
+        out.write_text(json.dumps({"skipped": "does not expose run(quick: bool) -> list[dict]"}))
         return
     start = time.perf_counter()
-    rows = module.run(quick)
+    rows = fn(quick=quick)
     elapsed = time.perf_counter() - start
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        out.write_text(json.dumps({"skipped": "run(quick) did not return a list of dicts"}))
+        return
     peak = _peak_rss_mb()
     out.write_text(json.dumps({"rows": rows, "peak_rss_mb": peak, "seconds": elapsed}))
 

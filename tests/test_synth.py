@@ -144,3 +144,17 @@ def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(s.experiments()) == 2
     assert s.snapshot_steps(s.experiments()[0], D.ATTENTION) == [0, 10]
     assert main(["synth", "--store", str(path), "--kinds", "nope", "--no-progress"]) == 1
+
+
+def test_scale_doc_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "scale.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)
+    assert namespace["total"] == 10
+    assert len(namespace["store"].experiments()) == 2
