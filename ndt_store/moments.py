@@ -371,7 +371,7 @@ def period_moments(
     falling[: v.size] = v < 0
     hit = crit.transpose(INDEX, LAYER).values == 1
     record_steps = np.asarray(ds[STEP].values, dtype=np.int64)
-    periods = []
+    periods: list[dict[str, Any]] = []
     for start, stop in _runs(np.nan_to_num(score, nan=0.0) >= min_coordination):
         seg = score[start:stop]
         peak = start + int(np.argmax(seg))
