@@ -73,7 +73,8 @@ def synth_nbytes(**sizes: Any) -> int:
     ...              kinds=("attention",))
     1280
     """
-    spec = SynthSpec(**{k: tuple(v) if k == "kinds" else v for k, v in sizes.items()})
+    fields: dict[str, Any] = {k: tuple(v) if k == "kinds" else v for k, v in sizes.items()}
+    spec = SynthSpec(**fields)
     return spec.experiments * spec.steps * spec.snapshot_nbytes()
 
 
