@@ -453,3 +453,30 @@ def test_crash_point_new_table(tmp_path: Path) -> None:
         lambda p: check(p, complete=True),
         tmp_path,
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "open_store creates the root group and then writes its 'ndt_store' attribute in a "
+        "second write: a kill in between leaves a Zarr group that every later open_store "
+        "refuses as 'not an ndt_store store' (found by the soak: 2 of 210 kills); fix: create "
+        "the root with attributes= in one write, and finish an empty half-created root in "
+        "modes 'a'/'r+'"
+    ),
+)
+def test_crash_point_create_store(tmp_path: Path) -> None:
+    def op(path: Path) -> None:
+        s = ndt_store.open_store(path)
+        if "e" not in s.experiments():
+            s.create_run("e", {"arch_name": "a"}, ["x"])
+
+    def partial(path: Path) -> None:
+        if (path / "zarr.json").exists():
+            assert ndt_store.open_store(path, mode="r").experiments() in ([], ["e"])
+
+    def done(path: Path) -> None:
+        s = ndt_store.open_store(path, mode="r")
+        assert s.experiments() == ["e"] and s.metadata("e") == {"arch_name": "a"}
+
+    _every_crash_point(lambda p: p.mkdir(), op, partial, done, tmp_path)

@@ -47,8 +47,13 @@ def soak(
     per_episode: int = 3,
     workdir: Path | None = None,
     verbose: bool = True,
+    precreate: bool = False,
 ) -> dict[str, Any]:
-    """Kill operations ``kills`` times in all; return the tallies."""
+    """Kill operations ``kills`` times in all; return the tallies.
+
+    With ``precreate`` every episode's store is created before the first kill, so
+    the window in which a brand-new store is being initialised is not attacked.
+    """
     C = _load_ops()
     rng = random.Random(seed)
     base = Path(tempfile.mkdtemp(prefix="ndt-soak-", dir=workdir))
@@ -78,6 +83,8 @@ def soak(
             op = ops[episode % len(ops)]
             episode += 1
             store, prog = base / f"e{episode}.zarr", base / f"e{episode}.txt"
+            if precreate:
+                _create(store)
             for _ in range(per_episode):
                 if tally["kills"] >= kills:
                     break
@@ -103,6 +110,12 @@ def soak(
     tally["seconds"] = round(time.monotonic() - t_start, 1)
     tally["calibration_s"] = {k: round(v, 3) for k, v in durations.items()}
     return tally
+
+
+def _create(path: Path) -> None:
+    import ndt_store
+
+    ndt_store.open_store(path)
 
 
 def _tally(tally: dict[str, Any], op: str, result: Any, where: str) -> None:
