@@ -217,13 +217,16 @@ def rebuild(store: Store) -> str:
         for v, values in filled.items():
             arrays[v][start : start + len(chunk_names)] = values
     grp.attrs.update({"revisions": revisions})
-    old = cache.attrs.get(CATALOG_ATTR, {}).get("group")
+    previous = cache.attrs.get(CATALOG_ATTR, {}).get("group")
     cache.attrs.update({CATALOG_ATTR: {"group": name, "revisions": revisions}})
-    if old and old in cache:
-        try:
-            cache.__delitem__(old)
-        except (OSError, KeyError):  # pragma: no cover - a concurrent reader/remover
-            pass
+    # Keep the superseded version one generation longer: a reader that opened it
+    # lazily just before this rebuild can still finish reading it.
+    for stale, _ in list(cache.groups()):
+        if stale not in (name, previous):
+            try:
+                cache.__delitem__(stale)
+            except (OSError, KeyError):  # pragma: no cover - a concurrent remover
+                pass
     return name
 
 

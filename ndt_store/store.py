@@ -23,7 +23,6 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -115,6 +114,9 @@ class Store:
         """Forget cached reads so the next call sees other writers' commits."""
         self._entries = None
         self._phase1_cache.clear()
+        fs = getattr(self._root.store, "fs", None)
+        if fs is not None and hasattr(fs, "invalidate_cache"):
+            fs.invalidate_cache()  # fsspec caches directory listings of remote stores
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -640,70 +642,73 @@ class Store:
 
     # ------------------------------------------------------------------ tables
     def write_table(self, name: str, table: pd.DataFrame, *, overwrite: bool = False) -> str:
-        """Store a small table (e.g. a published jump table) under ``tables/<name>``."""
+        """Store a small table (e.g. a published jump table) under ``tables/<name>``.
+
+        The columns are written into a fresh version group; the table's pointer to
+        it is written last, so a crash leaves either the old table or the new one.
+        """
         validate_name(name, kind="table")
         self._check_writable()
-        parent = self._root.get(TABLES) or self._root.create_group(TABLES)
+        parent = self._root.require_group(TABLES)
         assert isinstance(parent, zarr.Group)
         with self.writer(f"table-{name}"):
-            if name in parent:
-                if _table_equal(_read_table(parent[name]), table):  # type: ignore[arg-type]
+            holder = parent.get(name)
+            current = holder.attrs.get("current") if isinstance(holder, zarr.Group) else None
+            if current is not None:
+                assert isinstance(holder, zarr.Group)
+                if _table_equal(_read_table(holder[current]), table):  # type: ignore[arg-type]
                     return "unchanged"
                 if not overwrite:
                     raise ExperimentExistsError(
                         f"table {name!r} already exists with different content; "
                         "pass overwrite=True to replace it"
                     )
-            tmp = f"{name}.{uuid.uuid4().hex[:8]}"
-            validate_name(tmp, kind="table")
-            grp = parent.create_group(tmp)
+            if not isinstance(holder, zarr.Group):
+                holder = parent.create_group(name, overwrite=True)
+            version = f"v-{uuid.uuid4().hex[:12]}"
+            grp = holder.create_group(version)
             for col in table.columns:
                 values = table[col].to_numpy()
-                if values.dtype.kind in "OUT":
+                text = values.dtype.kind in "OUT"
+                if text:
                     values = np.asarray(values.astype(str), dtype=str)
                 arr = grp.create_array(
                     str(col),
                     shape=values.shape,
-                    dtype=str if values.dtype.kind in "OUT" else values.dtype,
+                    dtype=str if text else values.dtype,
                     dimension_names=("row",),
+                    chunks=values.shape if values.size else (1,),
                 )
                 if values.size:
                     arr[...] = values
-            grp.attrs.update({"columns": [str(c) for c in table.columns], "committed": True})
-            existed = name in parent
-            if existed:
-                parent.__delitem__(name)
-            _rename_group(self, parent, tmp, name)
-        return "replaced" if existed else "created"
+            grp.attrs.update({"columns": [str(c) for c in table.columns]})
+            holder.attrs.update({"current": version})
+            for old, _ in list(holder.groups()):
+                if old != version:
+                    holder.__delitem__(old)
+        return "replaced" if current is not None else "created"
 
     def table(self, name: str) -> pd.DataFrame:
         """A table stored with :meth:`write_table`."""
         parent = self._root.get(TABLES)
-        if parent is None or name not in parent:  # type: ignore[operator]
+        holder = parent.get(name) if isinstance(parent, zarr.Group) else None
+        current = holder.attrs.get("current") if isinstance(holder, zarr.Group) else None
+        if current is None:
             raise NotFoundError(f"no table {name!r} in store {self.location!r}")
-        return _read_table(parent[name])  # type: ignore[index]
+        assert isinstance(holder, zarr.Group)
+        try:
+            return _read_table(holder[current])  # type: ignore[arg-type]
+        except KeyError:
+            raise CorruptStoreError(
+                f"{self.location}: table {name!r} points to missing version {current!r}"
+            ) from None
 
     def tables(self) -> list[str]:
         """Names of stored tables."""
         parent = self._root.get(TABLES)
-        if parent is None:
+        if not isinstance(parent, zarr.Group):
             return []
-        return sorted(n for n, g in parent.groups() if g.attrs.get("committed"))  # type: ignore[union-attr]
-
-
-def _rename_group(store: Store, parent: zarr.Group, src: str, dst: str) -> None:
-    """Move group ``src`` to ``dst`` (rename locally; copy + delete elsewhere)."""
-    if store._local is not None:
-        base = Path(store._local) / parent.path
-        os.replace(base / src, base / dst)
-        return
-    source = parent[src]
-    target = parent.create_group(dst, attributes=dict(source.attrs))
-    for name, arr in source.arrays():  # type: ignore[union-attr]
-        target.create_array(name, shape=arr.shape, dtype=arr.dtype, dimension_names=("row",))[
-            ...
-        ] = arr[...]
-    parent.__delitem__(src)
+        return sorted(n for n, g in parent.groups() if g.attrs.get("current"))
 
 
 def _read_table(group: zarr.Group) -> pd.DataFrame:
@@ -862,8 +867,13 @@ def open_store(
     if mode == "w-" and exists:
         raise ExperimentExistsError(f"a store already exists at {os.fspath(location)!r}")
     if mode == "w" or not exists:
-        root = zarr.open_group(zstore, mode="w" if mode == "w" else "a", zarr_format=3)
-        root.attrs.update({ROOT_ATTR: {"format": FORMAT_VERSION}})
+        # root metadata and its format attribute in one write: never half-created
+        root = zarr.open_group(
+            zstore,
+            mode="w" if mode == "w" else "a",
+            zarr_format=3,
+            attributes={ROOT_ATTR: {"format": FORMAT_VERSION}},
+        )
         root.require_group(EXPERIMENTS)
     else:
         try:
@@ -873,6 +883,10 @@ def open_store(
                 f"{os.fspath(location)!r}: unreadable root metadata ({exc})"
             ) from None
         info = root.attrs.get(ROOT_ATTR)
+        if info is None and mode != "r" and not list(root.members()):
+            # an empty root left by an older writer killed mid-creation: finish it
+            root.attrs.update({ROOT_ATTR: {"format": FORMAT_VERSION}})
+            info = root.attrs.get(ROOT_ATTR)
         if not isinstance(info, dict) or "format" not in info:
             raise CorruptStoreError(
                 f"{os.fspath(location)!r} is a Zarr group but not an ndt_store store "

@@ -400,15 +400,6 @@ def test_crash_point_catalog_rebuild(tmp_path: Path) -> None:
     _every_crash_point(setup, op, lambda p: None, check, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "write_table(overwrite=True) deletes the committed table before renaming the new one "
-        "into place, and marks the temporary group committed before the rename, so a crash "
-        "loses the table and/or lists 'name.<hex>' in tables() (fix: versioned table groups "
-        "with a pointer written last; see the report)"
-    ),
-)
 def test_crash_point_replace_table(tmp_path: Path) -> None:
     def setup(path: Path) -> None:
         ndt_store.open_store(path).write_table("report", C.table_df(0))
@@ -425,13 +416,6 @@ def test_crash_point_replace_table(tmp_path: Path) -> None:
     _every_crash_point(setup, op, lambda p: check(p, (0, 1)), lambda p: check(p, (1,)), tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "write_table marks its temporary group 'name.<hex>' committed before renaming it into "
-        "place, so a crash before the rename lists a stray table in tables()"
-    ),
-)
 def test_crash_point_new_table(tmp_path: Path) -> None:
     """A brand-new table appears whole or not at all; no stray names are listed."""
     df = pd.DataFrame({"step": [1, 2, 3], "name": ["a", "b", "c"]})
@@ -455,16 +439,6 @@ def test_crash_point_new_table(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open_store creates the root group and then writes its 'ndt_store' attribute in a "
-        "second write: a kill in between leaves a Zarr group that every later open_store "
-        "refuses as 'not an ndt_store store' (found by the soak: 2 of 210 kills); fix: create "
-        "the root with attributes= in one write, and finish an empty half-created root in "
-        "modes 'a'/'r+'"
-    ),
-)
 def test_crash_point_create_store(tmp_path: Path) -> None:
     def op(path: Path) -> None:
         s = ndt_store.open_store(path)

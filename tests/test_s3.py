@@ -169,11 +169,6 @@ def test_writes_deletes_and_tables_on_s3(s3_env: str) -> None:
     assert ndt_store.open_store(loc, mode="w").experiments() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Store.refresh() does not invalidate the fsspec directory-listing cache, so a "
-    "reader on S3 never sees experiments committed by another writer after its first listing",
-)
 def test_refresh_sees_another_writers_commit(s3_env: str) -> None:
     loc = f"{s3_env}/r.zarr"
     writer = ndt_store.open_store(loc, storage_options={"skip_instance_cache": True})
