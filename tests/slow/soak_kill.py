@@ -163,9 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-episode", type=int, default=3)
     parser.add_argument("--ops", default="ingest,snapshot,record,table")
+    parser.add_argument(
+        "--precreate",
+        action="store_true",
+        help="create each store before killing (skip the store-creation window)",
+    )
     args = parser.parse_args(argv)
     tally = soak(
-        args.kills, seed=args.seed, ops=tuple(args.ops.split(",")), per_episode=args.per_episode
+        args.kills,
+        seed=args.seed,
+        ops=tuple(args.ops.split(",")),
+        per_episode=args.per_episode,
+        precreate=args.precreate,
     )
     print(report(tally))
     bad = tally["failed_to_open"] + tally["lost"] + tally["torn"] + tally["unfinished_after_rerun"]
