@@ -78,9 +78,13 @@ def test_any_order_of_arrival(store, shared_checkpoints, tmp_path):
     np.testing.assert_array_equal(
         w.sel(step=100).values, torch_state(files[-1])[0]["network.0.weight"]
     )
+    # the same file again (e.g. rerunning an interrupted import) is a no-op ...
+    assert ingest_checkpoints(store, files[1], experiment=EXP) == {1000: "unchanged"}
+    # ... different weights at a stored step need overwrite
+    other = {k: v + 1 for k, v in torch_state(files[1])[0].items()}
     with pytest.raises(ExperimentExistsError, match="1000"):
-        ingest_checkpoints(store, files[1], experiment=EXP)
-    assert ingest_checkpoints(store, files[1], experiment=EXP, overwrite=True) == {1000: "replaced"}
+        ingest_state_dict(store, EXP, 1000, other)
+    assert ingest_state_dict(store, EXP, 1000, other, overwrite=True) == "replaced"
 
 
 def test_safetensors_and_state_dict(store, tmp_path):

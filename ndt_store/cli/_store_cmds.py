@@ -48,6 +48,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_ingest_tables)
 
+    p = isub.add_parser(
+        "checkpoints",
+        help="import model checkpoints (.pt, .safetensors) as weight snapshots",
+        description="Store PyTorch .pt/.pth checkpoints (opened with weights_only=True only) "
+        "and safetensors files as weight snapshots of an experiment, one per training step.",
+    )
+    p.add_argument("source", metavar="DIR", help="checkpoint file or a directory of them")
+    add_store(p)
+    p.add_argument("--experiment", "-e", required=True, help="experiment (created if absent)")
+    p.add_argument("--overwrite", action="store_true", help="replace weights stored at a step")
+    p.set_defaults(func=_ingest_checkpoints)
+
     p = sub.add_parser("ls", help="list experiments (arch, dataset, steps, layers)")
     add_store(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -101,6 +113,23 @@ def _ingest_phase1(args: argparse.Namespace) -> int:
             )
             for name, status in out.items():
                 print(f"{status:9s} table {name}")
+    return 0
+
+
+def _ingest_checkpoints(args: argparse.Namespace) -> int:
+    import ndt_store
+    from ndt_store.ingest.checkpoints import ingest_checkpoints
+
+    store = ndt_store.open_store(args.store, mode="a")
+    result = ingest_checkpoints(
+        store,
+        args.source,
+        experiment=args.experiment,
+        overwrite=args.overwrite,
+        progress=sys.stderr.isatty(),
+    )
+    for step, status in result.items():
+        print(f"{status:9s} {args.experiment} step {step}")
     return 0
 
 

@@ -257,6 +257,8 @@ def ingest_state_dict(
     if not weights:
         raise InputError(f"experiment {experiment!r} step {step}: the state_dict is empty")
     if not overwrite and int(step) in store.snapshot_steps(experiment, WEIGHTS):
+        if _same_weights(store, experiment, int(step), weights):
+            return "unchanged"  # rerunning an interrupted import finishes the job
         raise ExperimentExistsError(
             f"experiment {experiment!r} already has weights at step {int(step)}; "
             "pass overwrite=True (CLI: --overwrite) to replace them"
@@ -264,6 +266,20 @@ def ingest_state_dict(
     extra = {k: v for k, v in (info or {}).items() if k not in _RESERVED_INFO}
     return store.write_snapshot(
         experiment, int(step), weights=weights, info=extra, overwrite=overwrite
+    )
+
+
+def _same_weights(
+    store: Store, experiment: str, step: int, weights: Mapping[str, np.ndarray]
+) -> bool:
+    """Whether the weights stored at ``step`` equal ``weights`` exactly (same names too)."""
+    stored = store.weights(experiment, steps=[step])
+    if set(stored) != set(weights):
+        return False
+    return all(
+        stored[name].shape[1:] == weights[name].shape
+        and np.array_equal(np.asarray(stored[name].values[0]), weights[name], equal_nan=True)
+        for name in weights
     )
 
 
