@@ -102,15 +102,17 @@ def _fill_block(
     block = {v: np.full((len(names), steps.size, n_l), np.nan) for v in D.PHASE1_METRICS}
     for v in (D.LOSS, D.GRAD_NORM, D.EPOCH):
         block[v] = np.full((len(names), steps.size), np.nan)
+    block[D.LAYER_POSITION] = np.full((len(names), n_l), np.nan)
     found = read_phase1_arrays(
         store, names, (D.STEP, D.LAYER, "metrics", D.LOSS, D.GRAD_NORM, D.EPOCH)
     )
     for e, name in enumerate(names):
         arrays = found[name]
-        if arrays[D.STEP].size == 0:
-            continue
         si = np.searchsorted(steps, arrays[D.STEP])
         li = np.asarray([layer_index[str(x)] for x in arrays[D.LAYER]], dtype=np.int64)
+        block[D.LAYER_POSITION][e, li] = np.arange(li.size)
+        if arrays[D.STEP].size == 0:
+            continue
         for k, m in enumerate(D.PHASE1_METRICS):
             block[m][e][np.ix_(si, li)] = arrays["metrics"][:, :, k]
         for v in (D.LOSS, D.GRAD_NORM, D.EPOCH):
@@ -150,7 +152,9 @@ def _in_memory(store: Store) -> xr.Dataset:
     lazy = {
         k: da.from_array(v, chunks=(min(len(names), 1024) or 1, *v.shape[1:]))
         for k, v in block.items()
+        if k != D.LAYER_POSITION
     }
+    lazy[D.LAYER_POSITION] = block[D.LAYER_POSITION]
     return _assemble(store, names, steps, layers, lazy)
 
 
@@ -164,6 +168,7 @@ def _assemble(
         D.EXPERIMENT: np.asarray(names, dtype=str),
         D.STEP: steps,
         D.LAYER: np.asarray(layers, dtype=str),
+        D.LAYER_POSITION: ((D.EXPERIMENT, D.LAYER), np.asarray(data[D.LAYER_POSITION])),
         **_metadata_coords(store, names),
     }
     return xr.Dataset(data_vars, coords=coords, attrs={"source": store.location})
@@ -194,6 +199,15 @@ def rebuild(store: Store) -> str:
             fill_value=np.nan,
             compressors=COMPRESSORS,
         )
+    arrays[D.LAYER_POSITION] = grp.create_array(
+        D.LAYER_POSITION,
+        shape=(n_e, n_l),
+        dtype="f8",
+        chunks=(e_chunk, max(n_l, 1)),
+        dimension_names=(D.EXPERIMENT, D.LAYER),
+        fill_value=np.nan,
+        compressors=COMPRESSORS,
+    )
     for coord, values, dim in (
         (D.EXPERIMENT, np.asarray(names, dtype=str), D.EXPERIMENT),
         (D.STEP, steps, D.STEP),
@@ -250,5 +264,10 @@ def catalog_dataset(store: Store) -> xr.Dataset:
     names = [str(x) for x in grp[D.EXPERIMENT][...]] if revisions else []  # type: ignore[index]
     steps = np.asarray(grp[D.STEP][...]) if revisions else np.zeros(0, np.int64)  # type: ignore[index]
     layers = [str(x) for x in grp[D.LAYER][...]] if revisions else []  # type: ignore[index]
-    data = {v: da.from_zarr(grp[v]) for v in _VARS}
+    data: dict[str, Any] = {v: da.from_zarr(grp[v]) for v in _VARS}
+    data[D.LAYER_POSITION] = (
+        np.asarray(grp[D.LAYER_POSITION][...])  # type: ignore[index]
+        if D.LAYER_POSITION in grp
+        else np.full((len(names), len(layers)), np.nan)
+    )
     return _assemble(store, names, steps, layers, data)

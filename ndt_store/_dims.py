@@ -68,6 +68,10 @@ METADATA_FIELDS: tuple[str, ...] = (
 )
 """Scalar run metadata carried as coordinates on the ``experiment`` dim."""
 
+LAYER_POSITION = "layer_position"
+"""Coordinate over (experiment, layer): the layer's position (depth order) in that
+experiment, NaN where the experiment lacks the layer."""
+
 # --- tensor kinds stored per experiment ---------------------------------------
 PHASE1 = "phase1"
 WEIGHTS = "weights"

@@ -62,6 +62,12 @@ def test_cross_experiment_union_of_layers(real_store, shared_phase1):
     cnn_only = "conv_layers.0"
     assert np.isnan(ds[D.STABLE_RANK].sel(experiment="mlp_narrow_mnist", layer=cnn_only)).all()
     assert not np.isnan(ds[D.STABLE_RANK].sel(experiment="cnn_deep_mnist", layer=cnn_only)).any()
+    # depth order of each experiment's own layers is a coordinate
+    for name in EXPERIMENTS:
+        own = list(_json(shared_phase1, name)["measurements"][0]["layer_metrics"])
+        pos = ds[D.LAYER_POSITION].sel(experiment=name)
+        assert [int(pos.sel(layer=layer)) for layer in own] == list(range(len(own)))
+        assert int(pos.isnull().sum()) == ds.sizes[D.LAYER] - len(own)
     # metadata coordinates allow where/groupby
     assert set(ds[D.ARCH_NAME].values) == {"cnn_deep", "mlp_narrow", "transformer_deep"}
     cnn = ds.where(ds[D.ARCH_NAME] == "cnn_deep", drop=True)
