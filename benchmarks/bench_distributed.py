@@ -27,7 +27,7 @@ def _graph(path: Path) -> tuple[list[Any], int]:
 
     store = ndt_store.open_store(path, mode="r")
     arrays = store.attention(store.experiments()[0])
-    lazy = [attention_entropy(a).mean((D.SAMPLE, D.QUERY)) for a in arrays.values()]
+    lazy = [attention_entropy(a).mean((D.SAMPLE, D.QUERY), skipna=False) for a in arrays.values()]
     return lazy, sum(a.nbytes for a in arrays.values())
 
 

@@ -77,7 +77,7 @@ def child_ndt(store_path: Path) -> dict[str, Any]:
     store = ndt_store.open_store(store_path, mode="r")
     name = store.experiments()[0]
     arrays = store.attention(name)
-    lazy = [attention_entropy(a).mean((D.SAMPLE, D.QUERY)) for a in arrays.values()]
+    lazy = [attention_entropy(a).mean((D.SAMPLE, D.QUERY), skipna=False) for a in arrays.values()]
     out = dask.compute(*lazy, scheduler="threads", num_workers=THREADS)
     seconds = time.perf_counter() - start
     nbytes = sum(a.nbytes for a in arrays.values())
