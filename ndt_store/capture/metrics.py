@@ -19,7 +19,12 @@ from typing import Any
 
 from ndt_store._kernels.dimensionality import EPS
 
-__all__ = ["activation_metrics", "metrics_from_singular_values", "singular_values"]
+__all__ = [
+    "activation_metrics",
+    "gram_singular_values",
+    "metrics_from_singular_values",
+    "singular_values",
+]
 
 
 def singular_values(act: Any) -> Any:
@@ -50,6 +55,51 @@ def singular_values(act: Any) -> Any:
     if not a.is_floating_point() or a.dtype in (torch.float16, torch.bfloat16):
         a = a.float()
     return torch.linalg.svdvals(a).to(torch.float64)
+
+
+def gram_singular_values(activations: Sequence[Any]) -> list[Any]:
+    """Singular values of many activation matrices, from batched Gram eigenvalues.
+
+    For each ``(samples, features...)`` tensor ``A`` (flattened to ``n × f``), the
+    eigenvalues of the smaller Gram matrix (``A Aᵀ`` or ``Aᵀ A``, float64) are the
+    squared singular values. Matrices whose Gram matrices share a shape are
+    decomposed in one batched ``eigvalsh`` call: on the quickstart transformer
+    this is ~4× faster than one ``svdvals`` per layer. Values agree with an SVD to
+    about ``1e-8 · σ1`` in absolute terms (what the metrics need; tiny singular
+    values are not resolved below that).
+
+    Returns
+    -------
+    list of torch.Tensor
+        Per input, ``min(n, f)`` singular values, descending, float64, on its device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> (s,) = gram_singular_values([torch.diag(torch.tensor([1.0, 3.0]))])
+    >>> s.round(decimals=6).tolist()
+    [3.0, 1.0]
+    """
+    import torch
+
+    grams: list[Any] = []
+    for act in activations:
+        a = act.detach().reshape(act.shape[0], -1).to(torch.float64)
+        grams.append(a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a)
+    out: list[Any] = [None] * len(grams)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, g in enumerate(grams):
+        groups.setdefault((tuple(g.shape), g.device), []).append(i)
+    for (shape, _), idx in groups.items():
+        if shape[0] == 0:
+            for i in idx:
+                out[i] = grams[i].new_zeros(0)
+            continue
+        lam = torch.linalg.eigvalsh(torch.stack([grams[i] for i in idx]))
+        sv = torch.sqrt(torch.clamp(lam, min=0.0)).flip(-1)
+        for k, i in enumerate(idx):
+            out[i] = sv[k]
+    return out
 
 
 def metrics_from_singular_values(s: Any, *, eps: float = EPS, as_published: bool = False) -> Any:
@@ -122,8 +172,8 @@ def activation_metrics(
     import torch
 
     rows = [
-        metrics_from_singular_values(singular_values(a), eps=eps, as_published=as_published)
-        for a in activations
+        metrics_from_singular_values(s, eps=eps, as_published=as_published)
+        for s in gram_singular_values(activations)
     ]
     if not rows:
         return torch.zeros((0, 4), dtype=torch.float64)

@@ -26,7 +26,7 @@ from ndt_store.capture.hooks import (
     capture_outputs,
     select_layers,
 )
-from ndt_store.capture.metrics import activation_metrics
+from ndt_store.capture.metrics import gram_singular_values
 from ndt_store.capture.trigger import JumpPolicy, JumpSnapshots
 from ndt_store.capture.writer import BackgroundWriter, PendingRecord, PendingSnapshot, to_host
 from ndt_store.errors import InputError, NdtStoreError, require
@@ -128,6 +128,11 @@ class Recorder:
         measurement step.
     arch_name, dataset, total_steps, seed, metadata
         Run metadata (``num_steps`` is ``total_steps``); ``metadata`` is merged in.
+    metric_samples
+        Use only the first this many probe samples for the Phase 1 metrics (the
+        probe forward of a measurement-only step then runs on them alone; in eval
+        mode each sample's outputs do not depend on the others). Default: all.
+        The study measured 64-sample training batches; fewer samples = less overhead.
     eval_probe
         Run the probe in eval mode (dropout off, batch-norm running stats).
     flush_every, flush_seconds, max_queue
@@ -157,6 +162,7 @@ class Recorder:
         total_steps: int | None = None,
         seed: int | None = None,
         metadata: Mapping[str, Any] | None = None,
+        metric_samples: int | None = None,
         eval_probe: bool = True,
         flush_every: int = 50,
         flush_seconds: float = 5.0,
@@ -186,6 +192,7 @@ class Recorder:
         self.seed = seed
         self.extra_metadata = dict(metadata or {})
         self.eval_probe = bool(eval_probe)
+        self.metric_samples = None if metric_samples is None else int(metric_samples)
         self._writer_kw = {
             "flush_every": flush_every,
             "flush_seconds": flush_seconds,
@@ -294,9 +301,14 @@ class Recorder:
             )
         steps = self.store.phase1(self.experiment)[D.STEP].values
         self._stored_snapshots = set(self.store.snapshot_steps(self.experiment))
-        last = [int(steps[-1])] if steps.size else []
-        last += [max(self._stored_snapshots)] if self._stored_snapshots else []
-        self.last_stored_step = max(last) if last else None
+        # resume after the last Phase 1 record (a snapshot committed after it, whose
+        # record was still buffered when the run died, is kept and not re-taken)
+        if steps.size:
+            self.last_stored_step = int(steps[-1])
+        elif self._stored_snapshots:
+            self.last_stored_step = max(self._stored_snapshots)
+        else:
+            self.last_stored_step = None
         self.start_step = 0 if self.last_stored_step is None else self.last_stored_step + 1
         if self.last_stored_step is not None:
             log.info(
@@ -322,6 +334,7 @@ class Recorder:
             "attention_layers": self.attention_layers,
             D.PROBE_HASH: self.probe_hash,
             "probe_shape": list(self.probe_inputs.shape),
+            "metric_samples": self.metric_samples or int(self.probe_inputs.shape[0]),
             "probe_source": "fixed probe batch, eval mode"
             if self.eval_probe
             else "fixed probe batch, train mode",
@@ -411,8 +424,11 @@ class Recorder:
         return text
 
     # -------------------------------------------------------------- capture
-    def _probe(self, *, want_attention: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _probe(
+        self, *, want_attention: bool, samples: int | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         torch = require("torch", "torch")
+        inputs = self.probe_inputs if samples is None else self.probe_inputs[:samples]
         kwargs = self.attention_kwargs if want_attention else {}
         was_training = self.model.training
         with ExitStack() as stack:
@@ -424,7 +440,7 @@ class Recorder:
             if self.eval_probe:
                 self.model.eval()
             try:
-                output = self.model(self.probe_inputs, **kwargs)
+                output = self.model(inputs, **kwargs)
             finally:
                 self.model.train(was_training)
         attn = dict(attn)
@@ -520,19 +536,24 @@ class Recorder:
         if not (measure or snap):
             self._writer._check()
             return False
-        outs, attn = self._probe(want_attention=self.attention and (snap or ring))
+        full = snap or ring or not self.eval_probe
+        outs, attn = self._probe(
+            want_attention=self.attention and (snap or ring),
+            samples=None if full else self.metric_samples,
+        )
         payload = self._snapshot_payload(outs, attn) if (snap or ring) else None
         if snap:
             assert payload is not None
             self._writer.put(PendingSnapshot(step, payload, {"trigger": "scheduled"}))
         if measure:
-            metrics = activation_metrics([outs[n] for n in self.layers])
+            k = self.metric_samples
+            spectra = gram_singular_values([outs[n][:k] for n in self.layers])
             if grad_norm is None:
                 grad_norm = self._grad_norm()
             self._writer.put(
                 PendingRecord(
                     step,
-                    to_host(metrics),
+                    [to_host(s) for s in spectra],
                     loss=_host_scalar(loss),
                     grad_norm=_host_scalar(grad_norm),
                     epoch=-1 if epoch is None else int(epoch),

@@ -27,9 +27,17 @@ import numpy as np
 import xarray as xr
 
 from ndt_store import _dims as D
+from ndt_store._kernels import dimensionality as _kd
 from ndt_store.errors import NdtStoreError
 
-__all__ = ["BackgroundWriter", "HostTensor", "PendingRecord", "PendingSnapshot", "to_host"]
+__all__ = [
+    "BackgroundWriter",
+    "HostTensor",
+    "PendingRecord",
+    "PendingSnapshot",
+    "metrics_from_spectra",
+    "to_host",
+]
 
 log = logging.getLogger("ndt_store.capture")
 
@@ -92,12 +100,37 @@ def _numpy(value: Any) -> Any:
     return value
 
 
+def metrics_from_spectra(spectra: Sequence[np.ndarray]) -> np.ndarray:
+    """``(layers, 4)`` Phase 1 metrics from each layer's singular values (numpy kernels).
+
+    Examples
+    --------
+    >>> metrics_from_spectra([np.ones(4)]).round(6).tolist()
+    [[4.0, 4.0, 4.0, 4.0]]
+    """
+    rows = [
+        [
+            float(_kd.stable_rank(s)),
+            float(_kd.participation_ratio(s)),
+            float(_kd.effective_rank(s)),
+            float(_kd.nuclear_norm_ratio(s)),
+        ]
+        for s in (np.asarray(x, dtype=np.float64) for x in spectra)
+    ]
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(D.PHASE1_METRICS))
+
+
 @dataclass
 class PendingRecord:
-    """One Phase 1 record on its way to the store (``metrics`` is ``(layers, 4)``)."""
+    """One Phase 1 record on its way to the store.
+
+    ``spectra`` holds each tracked layer's singular values (host copies); the
+    writer thread turns them into the four metrics with the numpy kernels of
+    :mod:`ndt_store._kernels.dimensionality`, off the training thread.
+    """
 
     step: int
-    metrics: HostTensor
+    spectra: Sequence[HostTensor]
     loss: HostTensor | float | None = None
     grad_norm: HostTensor | float | None = None
     epoch: int = -1
@@ -259,7 +292,7 @@ class BackgroundWriter:
             self._error = exc
 
     def _take_record(self, rec: PendingRecord) -> None:
-        metrics = rec.metrics.numpy().astype(np.float64, copy=False)
+        metrics = metrics_from_spectra([h.numpy() for h in rec.spectra])
         if not self._buffer:
             self._oldest = time.monotonic()
         self._buffer.append(
