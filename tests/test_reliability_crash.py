@@ -454,3 +454,57 @@ def test_crash_point_create_store(tmp_path: Path) -> None:
         assert s.experiments() == ["e"] and s.metadata("e") == {"arch_name": "a"}
 
     _every_crash_point(lambda p: p.mkdir(), op, partial, done, tmp_path)
+
+
+@pytest.mark.torch
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Frame.create writes the 'snapshots' group and its ndt_frame attribute in two writes; a "
+        "kill in between (first snapshot of an experiment) leaves a group that Store."
+        "_snapshot_frame refuses forever ('not a frame'), so the rerun cannot finish (fix: "
+        "create_group(..., attributes={FRAME_ATTR: ...}) in one write, and recreate a "
+        "'snapshots' group without FRAME_ATTR when the experiment lists no snapshot)"
+    ),
+)
+def test_crash_point_ingest_checkpoints(tmp_path: Path) -> None:
+    """Checkpoint import: each step appears whole or not at all; a rerun finishes the job."""
+    torch = pytest.importorskip("torch")
+    from ndt_store.ingest.checkpoints import ingest_checkpoints
+
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    want = {}
+    for step in (100, 200, 300):
+        g = torch.Generator().manual_seed(step)
+        state = {"fc1.weight": torch.randn(16, 8, generator=g), "fc1.bias": torch.randn(16)}
+        torch.save(
+            {"model_state_dict": state, "step": step, "loss": step / 1000},
+            src / f"checkpoint_step_{step}.pt",
+        )
+        want[step] = {k: v.numpy() for k, v in state.items()}
+
+    def op(path: Path) -> None:
+        ingest_checkpoints(ndt_store.open_store(path), src, experiment="run")
+
+    def check(path: Path, *, complete: bool) -> None:
+        s = ndt_store.open_store(path, mode="r")
+        if "run" not in s.experiments():
+            assert not complete
+            return
+        steps = s.snapshot_steps("run")
+        assert set(steps) <= set(want) and (not complete or steps == sorted(want)), steps
+        if steps:
+            w = s.weights("run")
+            assert sorted(w) == ["fc1.bias", "fc1.weight"]
+            for name, arr in w.items():
+                for i, st_ in enumerate(steps):
+                    np.testing.assert_array_equal(arr.values[i], want[st_][name])
+
+    _every_crash_point(
+        lambda p: ndt_store.open_store(p),
+        op,
+        lambda p: check(p, complete=False),
+        lambda p: check(p, complete=True),
+        tmp_path,
+    )
