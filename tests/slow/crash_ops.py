@@ -200,11 +200,17 @@ def op_record(store: str, progress: str) -> None:
 
 
 def op_table(store: str, progress: str) -> None:
-    """Replace a table with successive versions (``overwrite=True``)."""
+    """Write successive versions of a table (``overwrite=True``), resuming past the stored one."""
     import ndt_store
 
     s = ndt_store.open_store(store)
-    for v in range(TABLE_VERSIONS):
+    start = 0
+    if "report" in s.tables():
+        got = s.table("report")
+        for v in range(TABLE_VERSIONS):
+            if got["step"].tolist() == table_df(v)["step"].tolist():
+                start = v + 1
+    for v in range(start, TABLE_VERSIONS):
         s.write_table("report", table_df(v), overwrite=True)
         _progress(progress, str(v))
 
