@@ -178,6 +178,11 @@ def _train_one(
 ) -> float:
     from ndt_store.capture import JumpPolicy, Recorder
 
+    if name in store.experiments():
+        meta = store.metadata(name)
+        if meta.get("capture", {}).get("status") == "complete":
+            return float(meta.get("final_accuracy", float("nan")))
+        store.delete_experiment(name)  # an interrupted run: the model state is gone, redo it
     torch.manual_seed(seed)
     model = build_model(name)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -195,6 +200,7 @@ def _train_one(
         model,
         probe=probe,
         every=every,
+        metric_samples=64,
         # step 1 rather than 0: a jump at record 0 makes a before/during moment pair
         # at step 0 on both sides, which ndt_store.compare cannot compare yet
         snapshot_steps=[1, *range(snapshot_every, steps - 1, snapshot_every), steps - 1],
@@ -301,7 +307,8 @@ def run_quickstart(
     ----------
     out
         Output directory: ``store.zarr`` and ``report/`` are written inside. A
-        store already there is reused (runs present are resumed, then re-analysed).
+        store already there is reused: complete runs are kept (and re-analysed),
+        interrupted ones are trained again from scratch.
     steps
         Training steps per model.
     every

@@ -28,6 +28,7 @@ def test_quickstart_cli_reduced_steps(tmp_path: Path, capsys: pytest.CaptureFixt
     for name in MODELS:
         ds = store.phase1(name)
         assert ds[D.STEP].values.tolist() == list(range(0, 60, 5))
+        assert store.metadata(name)["capture"]["metric_samples"] == 64
         meta = store.metadata(name)
         assert meta[D.DATASET] == "digits" and 0 <= meta[D.FINAL_ACCURACY] <= 1
         assert store.snapshot_steps(name, D.WEIGHTS)[:1] == [1]
