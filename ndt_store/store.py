@@ -607,9 +607,12 @@ class Store:
                 coords[D.LABEL] = (D.SAMPLE, frame.read(D.LABEL))
             if D.PROBE_HASH in frame.group.attrs:
                 attrs[D.PROBE_HASH] = frame.group.attrs[D.PROBE_HASH]
+        # rows in storage order (the usual case) are a slice: no gather, no copy
+        contiguous = rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size))
+        take: Any = slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows
         out = {}
         for col, dims in cols.items():
-            data = frame.dask(col)[rows]
+            data = frame.dask(col)[take]
             label = col[len(prefix) :]
             da_ = xr.DataArray(data, dims=dims, coords=coords, name=label, attrs=dict(attrs))
             da_.attrs["kind"] = kind
