@@ -87,7 +87,7 @@ def build_model(name: str) -> Any:
     torch = require("torch", "torch")
     nn = torch.nn
 
-    class RowTransformer(nn.Module):
+    class RowTransformer(nn.Module):  # type: ignore[name-defined,misc]
         def __init__(self, d: int = 32, heads: int = 4, depth: int = 2) -> None:
             super().__init__()
             self.input_proj = nn.Linear(8, d)
@@ -100,7 +100,7 @@ def build_model(name: str) -> Any:
             h = self.input_proj(x.reshape(-1, 8, 8)) + self.pos
             return self.fc(self.transformer(h).mean(1))
 
-    class SmallCNN(nn.Module):
+    class SmallCNN(nn.Module):  # type: ignore[name-defined,misc]
         def __init__(self) -> None:
             super().__init__()
             self.conv_layers = nn.Sequential(
@@ -112,7 +112,7 @@ def build_model(name: str) -> Any:
         def forward(self, x: Any) -> Any:
             return self.fc(self.conv_layers(x.reshape(-1, 1, 8, 8)).flatten(1))
 
-    class NarrowMLP(nn.Module):
+    class NarrowMLP(nn.Module):  # type: ignore[name-defined,misc]
         def __init__(self, width: int = 32) -> None:
             super().__init__()
             layers: list[Any] = []

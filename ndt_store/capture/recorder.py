@@ -285,7 +285,7 @@ class Recorder:
             labels=self.labels,
             probe_hash=self.probe_hash,
             on_record=self._on_record if self.jumps is not None else None,
-            on_snapshot=(lambda s: self.jumps.mark_stored([s])) if self.jumps else None,
+            on_snapshot=self.jumps.mark_stored_one if self.jumps else None,
             **self._writer_kw,  # type: ignore[arg-type]
         )
         self._t0 = time.perf_counter()

@@ -260,6 +260,10 @@ class JumpSnapshots:
         """Steps already stored elsewhere (e.g. scheduled snapshots); never re-emitted."""
         self._emitted.update(int(s) for s in steps)
 
+    def mark_stored_one(self, step: int) -> None:
+        """One step stored elsewhere (callback form of :meth:`mark_stored`)."""
+        self._emitted.add(int(step))
+
     def _emit(self, step: int, snap: Mapping[str, Any], role: str, ev: _Event) -> None:
         if step in self._emitted or ev.reserved <= 0:
             return

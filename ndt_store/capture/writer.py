@@ -312,7 +312,9 @@ class BackgroundWriter:
         steps = np.asarray([r[0] for r in self._buffer], dtype=np.int64)
         metrics = np.stack([r[1] for r in self._buffer])
         dims = (D.STEP, D.LAYER)
-        data = {m: (dims, metrics[:, :, k]) for k, m in enumerate(D.PHASE1_METRICS)}
+        data: dict[str, tuple[Any, np.ndarray]] = {
+            m: (dims, metrics[:, :, k]) for k, m in enumerate(D.PHASE1_METRICS)
+        }
         data[D.LOSS] = (D.STEP, np.asarray([r[2] for r in self._buffer]))
         data[D.GRAD_NORM] = (D.STEP, np.asarray([r[3] for r in self._buffer]))
         data[D.EPOCH] = (D.STEP, np.asarray([r[4] for r in self._buffer], dtype=np.int64))
