@@ -49,7 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        scheduler, workers = getattr(args, "scheduler", None), getattr(args, "workers", None)
+        if scheduler is None and workers is None:
+            return int(args.func(args) or 0)
+        from ndt_store.cluster import use_scheduler
+
+        with use_scheduler(scheduler, workers):
+            return int(args.func(args) or 0)
     except NdtStoreError as exc:
         print(f"ndt-store: error: {exc}", file=sys.stderr)
         return 1

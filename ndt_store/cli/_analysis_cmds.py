@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 
-from ndt_store.cli._common import add_store, print_table
+from ndt_store.cli._common import add_scheduler, add_store, print_table
 
 
 def _experiment(p: argparse.ArgumentParser) -> None:
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "p_value and significant.",
     )
     add_store(p)
+    add_scheduler(p)
     p.add_argument("--experiment", "-e", action="append", help="only this experiment (repeatable)")
     p.add_argument("--threshold", type=float, default=2.0, help="z-score threshold (default 2)")
     p.add_argument(
@@ -33,12 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("periods", help="critical-period summary per experiment")
     add_store(p)
+    add_scheduler(p)
     p.add_argument("--experiment", "-e", action="append", help="only this experiment (repeatable)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=_periods)
 
     p = sub.add_parser("moments", help="critical moments around the largest jumps")
     add_store(p)
+    add_scheduler(p)
     _experiment(p)
     p.add_argument("--num-jumps", type=int, default=5, help="largest jumps to use (default 5)")
     p.add_argument("--offset", type=int, default=10, help="records before/after (default 10)")
@@ -55,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("compare", help="compare an experiment at two training steps")
     add_store(p)
+    add_scheduler(p)
     _experiment(p)
     p.add_argument("--before", type=int, required=True, metavar="STEP", help="training step")
     p.add_argument("--after", type=int, required=True, metavar="STEP", help="training step")
@@ -63,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="write the before/after report of an experiment")
     add_store(p)
+    add_scheduler(p)
     _experiment(p)
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory")
     p.add_argument("--num-jumps", type=int, default=3, help="largest jumps to use (default 3)")

@@ -20,6 +20,22 @@ def add_store(parser: argparse.ArgumentParser, *, required: bool = True) -> None
     )
 
 
+def add_scheduler(parser: argparse.ArgumentParser) -> None:
+    """Add ``--scheduler ADDRESS`` and ``--workers N`` (where dask computations run)."""
+    group = parser.add_argument_group("where to compute (dask)")
+    group.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="address of a running dask scheduler (e.g. tcp://10.0.0.5:8786)",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="start a local dask cluster of N worker processes for this command",
+    )
+
+
 def print_table(df: pd.DataFrame, fmt: str = "table") -> None:
     """Print a DataFrame as an aligned table, CSV or JSON lines."""
     if fmt == "csv":
