@@ -10,7 +10,8 @@ Examples
 
 from __future__ import annotations
 
-from ndt_store.capture import Recorder
+from ndt_store.capture import JumpPolicy, Recorder
+from ndt_store.cluster import use_scheduler
 from ndt_store.compare import compare_representations
 from ndt_store.errors import (
     ConflictError,
@@ -69,6 +70,7 @@ __all__ = [
     "ExperimentExistsError",
     "InputError",
     "InvalidNameError",
+    "JumpPolicy",
     "MissingDependencyError",
     "NdtStoreError",
     "NotFoundError",
@@ -110,6 +112,7 @@ __all__ = [
     "stable_rank",
     "synth_store",
     "transitions",
+    "use_scheduler",
     "velocity",
     "weight_change",
     "weight_change_between",

@@ -183,6 +183,8 @@ def tensor_changes(
         after, change}}, mean_entropy, specialization_index}}``).
     """
     pair = [int(step_before), int(step_after)]
+    if pair[0] == pair[1]:
+        return {}  # a moment compared with itself (e.g. a jump at record 0): nothing changed
     lazy: dict[str, dict[str, Any]] = {}
 
     def stored(kind: str) -> bool:

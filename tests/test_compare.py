@@ -171,3 +171,17 @@ def test_no_tensors_without_snapshots_at_both_steps(tensor_store):
     store, _, _ = tensor_store
     res = compare_representations(store, 10, 15, experiment="run")
     assert "weights" not in res and "attention" not in res
+
+
+def test_tensor_changes_of_a_step_with_itself_is_empty(tmp_path):
+    import numpy as np
+
+    import ndt_store
+    from ndt_store.compare import tensor_changes
+
+    store = ndt_store.open_store(tmp_path / "s.zarr")
+    ndt_store.ingest_state_dict(store, "r", 0, {"w": np.ones((2, 3))})
+    ndt_store.ingest_state_dict(store, "r", 5, {"w": np.zeros((2, 3))})
+    assert tensor_changes(store, "r", 0, 0) == {}
+    got = tensor_changes(store, "r", 0, 5)["weights"]["w"]["l2_norm"]
+    assert got == np.sqrt(6.0)

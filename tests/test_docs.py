@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-RUNNABLE = ["data-model.md", "user-guide.md", "extending.md"]
+RUNNABLE = [
+    "data-model.md",
+    "user-guide.md",
+    "extending.md",
+    "legacy-api.md",
+    "analysis.md",
+    "dynamics.md",
+]
 
 
 @pytest.mark.parametrize("page", RUNNABLE)
