@@ -26,8 +26,10 @@ __all__ = [
     "compact",
     "compact_coordinate",
     "critical_mask",
+    "critical_summary",
     "exceeds_percentile",
     "first_difference",
+    "jump_rows",
     "label_keys",
     "mix_keys",
     "nan_percentile",
@@ -48,6 +50,7 @@ MAD_TO_SIGMA = 1.482602218505602
 
 _MEANAD_TO_SIGMA = math.sqrt(math.pi / 2.0)
 _BLOCK_ELEMENTS = 2_000_000  # surrogate values held at once (x16 bytes complex)
+_ROW_BLOCK = 128  # series per pass of the table kernels: temporaries stay small and in cache
 
 
 def _float(x: npt.ArrayLike) -> np.ndarray:
@@ -67,7 +70,9 @@ def compact(x: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Returns
     -------
     values
-        ``(..., n)``: the valid values first (in order), then NaN.
+        ``(..., n)``: the valid values first (in order), then NaN. When every
+        series is already in that layout this is ``x`` itself (as float), not a
+        copy.
     order
         ``(..., n)`` int: ``values = take_along_axis(x, order, -1)``.
     count
@@ -80,11 +85,36 @@ def compact(x: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ([1.0, 3.0, nan, nan], [1, 3, 0, 2], 2)
     """
     a = _float(x)
+    n = a.shape[-1]
     missing = np.isnan(a)
-    order = np.argsort(missing, axis=-1, kind="stable")
-    values = np.take_along_axis(a, order, axis=-1)
-    count = a.shape[-1] - missing.sum(axis=-1)
+    count = n - missing.sum(axis=-1)
+    order = np.empty(a.shape, dtype=np.intp)
+    order[...] = np.arange(n, dtype=np.intp)
+    if n == 0 or np.all(count == n):  # nothing to move: the common case
+        return a, order, count
+    flat_missing = missing.reshape(-1, n)
+    # only rows with a record after a gap need a sort (trailing NaN is already compact)
+    gappy = np.flatnonzero((flat_missing[:, :-1] & ~flat_missing[:, 1:]).any(axis=-1))
+    if gappy.size == 0:
+        return a, order, count
+    values = a.copy()
+    flat_values = values.reshape(-1, n)
+    flat_order = order.reshape(-1, n)
+    moved = np.argsort(flat_missing[gappy], axis=-1, kind="stable")
+    flat_order[gappy] = moved
+    flat_values[gappy] = np.take_along_axis(a.reshape(-1, n)[gappy], moved, axis=-1)
     return values, order, count
+
+
+def _length_groups(count: np.ndarray, width: int) -> list[tuple[int, slice | np.ndarray]]:
+    """``(length, rows)`` for each distinct positive series length of a flat batch.
+
+    ``rows`` is a slice when every series has that length (no gather needed).
+    """
+    if count.size and count[0] == width and np.all(count == width):
+        return [(width, slice(None))] if width > 0 else []
+    lengths = np.unique(count[count > 0])
+    return [(int(n), np.flatnonzero(count == n)) for n in lengths]
 
 
 def compact_coordinate(x: npt.ArrayLike, coord: npt.ArrayLike) -> np.ndarray:
@@ -162,11 +192,13 @@ def zscore(v: npt.ArrayLike) -> np.ndarray:
     [0.57735, 0.57735, 0.57735, 1.732051, nan]
     """
     a = _float(v)
-    flat = a.reshape(-1, a.shape[-1])
-    count = (~np.isnan(flat)).sum(axis=-1)
+    m = a.shape[-1]
+    if a.size == 0:
+        return np.full(a.shape, np.nan)
+    flat = a.reshape(-1, m)
+    count = m - np.isnan(flat).sum(axis=-1)
     z = np.full(flat.shape, np.nan)
-    for n in np.unique(count[count > 0]):  # one pass per distinct series length
-        rows = np.flatnonzero(count == n)
+    for n, rows in _length_groups(count, m):  # one pass per distinct series length
         block = flat[rows, :n]
         centered = block - block.mean(axis=-1, keepdims=True)
         std = block.std(axis=-1, keepdims=True)
@@ -188,18 +220,26 @@ def window_speed(x: npt.ArrayLike, count: npt.ArrayLike) -> np.ndarray:
     """
     a = _float(x)
     m = a.shape[-1]
+    if m < 2:
+        return np.full((*a.shape[:-1], max(m - 1, 0)), np.nan)
     n = np.asarray(count)[..., None]
     i = np.arange(m - 1)
     s = np.maximum(0, i - 2)
-    # x[e-1]: x[i+2] inside the series, its last value where the window is cut
-    end = np.full((*a.shape[:-1], m - 1), np.nan)
+    # x[s] and x[i+2] as slices (no gather): s = 0, 0, 0, 1, 2, ...
+    start = np.empty((*a.shape[:-1], m - 1))
+    start[..., :3] = a[..., :1]
+    start[..., 3:] = a[..., 1 : m - 3]
+    end = np.empty((*a.shape[:-1], m - 1))
     end[..., : m - 2] = a[..., 2:]
-    last = np.take_along_axis(a, np.clip(n - 1, 0, None), axis=-1)
+    end[..., m - 2 :] = np.nan
+    # where the window is cut by the series' end, x[e-1] is its last value
     cut = i + 3 > n
-    end = np.where(cut, last, end)
+    if cut.any():
+        last = np.take_along_axis(a, np.clip(n - 1, 0, None), axis=-1)
+        end = np.where(cut, last, end)
     width = np.where(cut, n - s, i + 3 - s)
     with np.errstate(divide="ignore", invalid="ignore"):
-        speed = np.abs(end - a[..., s]) / width
+        speed = np.abs(end - start) / width
     return np.where(i < n - 1, speed, np.nan)
 
 
@@ -240,6 +280,57 @@ def zscore_jumps(
     return velocity, z, is_jump, magnitude, speed, direction
 
 
+def jump_rows(
+    x: npt.ArrayLike, threshold: float = 2.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The published jump rule, evaluated only where it fires (sparse output).
+
+    Same rule and numbers as :func:`zscore_jumps`, but only the jumps are
+    returned, and the series are processed a few at a time so that the
+    temporaries stay small (much faster on many series).
+
+    Parameters
+    ----------
+    x
+        ``(S, n)`` metric series in record order; NaN marks missing records.
+    threshold
+        A velocity index is a jump where its z-score exceeds this.
+
+    Returns
+    -------
+    row, index, velocity, z, magnitude, speed, position
+        One entry per jump, ordered by row then record index: the series,
+        the record index ``i``, ``v[i]``, its z-score, ``|v[i]|``, the window
+        speed, and the position of record ``i`` along the last axis of ``x``.
+
+    Examples
+    --------
+    >>> row, i, v, z, m, s, pos = jump_rows(np.array([[0.0, 0, np.nan, 0, 0, 5, 5, 5, 5]]))
+    >>> row.tolist(), i.tolist(), v.tolist(), pos.tolist()
+    ([0], [3], [5.0], [4])
+    """
+    a = _float(x)
+    empty_int, empty = np.zeros(0, dtype=np.intp), np.zeros(0)
+    cols: list[list[np.ndarray]] = [[empty_int], [empty_int]] + [[empty] for _ in range(4)]
+    cols.append([empty_int])
+    for start in range(0, a.shape[0], _ROW_BLOCK):
+        values, order, count = compact(a[start : start + _ROW_BLOCK])
+        velocity = np.diff(values, axis=-1)
+        z = zscore(velocity)
+        with np.errstate(invalid="ignore"):
+            r, i = np.nonzero(z > threshold)
+        v = velocity[r, i]
+        # speed |x[e-1] - x[s]| / (e - s), s = max(0, i-2), e = min(count, i+3)
+        s = np.maximum(i - 2, 0)
+        e = np.minimum(count[r], i + 3)
+        speed = np.abs(values[r, e - 1] - values[r, s]) / (e - s)
+        found = (r + start, i, v, z[r, i], np.abs(v), speed, order[r, i])
+        for col, part in zip(cols, found, strict=True):
+            col.append(part)
+    row, index, velocity_, z_, magnitude, speed_, position = (np.concatenate(c) for c in cols)
+    return row, index, velocity_, z_, magnitude, speed_, position
+
+
 # --- percentiles and critical periods -----------------------------------------
 def nan_percentile(a: npt.ArrayLike, q: float) -> np.ndarray:
     """Per-series ``np.percentile(values, q)`` (linear method) ignoring NaN.
@@ -253,20 +344,27 @@ def nan_percentile(a: npt.ArrayLike, q: float) -> np.ndarray:
     [3.7, 2.8]
     """
     arr = _float(a)
-    srt = np.sort(arr, axis=-1)
-    n = (~np.isnan(arr)).sum(axis=-1)
+    m = arr.shape[-1]
+    if arr.size == 0:
+        return np.full(arr.shape[:-1], np.nan)
+    flat = arr.reshape(-1, m)
+    count = m - np.isnan(flat).sum(axis=-1)
+    out = np.full(flat.shape[0], np.nan)
     quant = np.true_divide(q, 100)
-    virtual = (n - 1) * quant
-    prev = np.floor(virtual)
-    above = virtual >= n - 1
-    gamma = (virtual - prev)[..., None]
-    lo_i = np.clip(np.where(above, n - 1, prev), 0, None).astype(np.intp)[..., None]
-    hi_i = np.clip(np.where(above, n - 1, prev + 1), 0, None).astype(np.intp)[..., None]
-    lo = np.take_along_axis(srt, lo_i, axis=-1)
-    hi = np.take_along_axis(srt, hi_i, axis=-1)
-    diff = hi - lo
-    out = np.where(gamma >= 0.5, hi - diff * (1 - gamma), lo + diff * gamma)[..., 0]
-    return np.where(n > 0, out, np.nan)
+    # one sort (NaN goes last) and one pass per distinct series length; a sort, not a
+    # partition: introselect is very slow on series with many equal changes
+    srt = np.sort(flat, axis=-1)
+    for n, rows in _length_groups(count, m):
+        virtual = (np.float64(n) - 1) * quant
+        prev = np.floor(virtual)
+        above = virtual >= n - 1
+        lo_i = n - 1 if above else int(prev)
+        hi_i = n - 1 if above else int(prev) + 1
+        lo, hi = srt[rows, lo_i], srt[rows, hi_i]
+        gamma = virtual - prev
+        diff = hi - lo
+        out[rows] = hi - diff * (1 - gamma) if gamma >= 0.5 else lo + diff * gamma
+    return out.reshape(arr.shape[:-1])
 
 
 def exceeds_percentile(a: npt.ArrayLike, q: float, length: int | None = None) -> np.ndarray:
@@ -325,6 +423,124 @@ def critical_mask(x: npt.ArrayLike, q: float = 90.0, order: int = 1) -> np.ndarr
     """
     values, _, count = compact(x)
     return _critical_from_values(values, count, order, q)
+
+
+def _group_sum(a: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum the rows of ``a`` (``(S, ...)``) per group id (nondecreasing ``group``)."""
+    out = np.zeros((n_groups, *a.shape[1:]), dtype=np.result_type(a.dtype, np.int64))
+    if group.size:
+        starts = np.concatenate(([0], np.flatnonzero(group[1:] != group[:-1]) + 1))
+        out[group[starts]] = np.add.reduceat(a, starts, axis=0, dtype=out.dtype)
+    return out
+
+
+def critical_summary(
+    x: npt.ArrayLike,
+    loss: npt.ArrayLike,
+    group: npt.ArrayLike,
+    n_groups: int,
+    q: float = 90.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The critical-period table's numbers per run, from the runs' layer series.
+
+    Parameters
+    ----------
+    x
+        ``(S, n)`` metric series (NaN marks a missing record), one per layer
+        of a run.
+    loss
+        ``(G, n)`` loss series of the runs, recorded at the same positions.
+    group
+        ``(S,)`` run of each series, integers in ``[0, G)``.
+    n_groups
+        ``G``, the number of runs.
+    q
+        Percentile of the critical (``|Δx|``) and transition (``|Δ²x|``) rules.
+
+    Returns
+    -------
+    total_critical, total_transitions, num_coordinated
+        ``(G,)`` int counts per run.
+    max_coordination, mean_coordination, loss_correlation
+        ``(G,)`` float each. The coordination score of record index ``i`` is the
+        share of the run's layers with a record at ``i`` that are critical
+        there; periods are indices with score ``>= 0.5``; max and mean run
+        over the indices where some layer has a record. The loss correlation
+        is the mean over layers of the share of their critical indices where
+        ``Δloss < 0`` (0 for a layer with none). A run without series gets
+        zero counts and NaN scores.
+
+    Examples
+    --------
+    >>> x = np.array([[0.0, 0, 0, 1, 1, 1], [0.0, 0, 1, 1, 1, 1]])
+    >>> loss = np.array([[6.0, 5, 4, 3, 2, 1]])
+    >>> [float(v[0]) for v in critical_summary(x, loss, np.array([0, 0]), 1)]
+    [2.0, 0.0, 2.0, 0.5, 0.16666666666666666, 1.0]
+    """
+    a = _float(x)
+    n = a.shape[-1]
+    grp = np.asarray(group, dtype=np.intp).reshape(-1)
+    if grp.size > 1 and np.any(grp[1:] < grp[:-1]):
+        by_group = np.argsort(grp, kind="stable")
+        grp, a = grp[by_group], a[by_group]
+    # loss: falling at record index i when loss[i+1] < loss[i] (over the run's records)
+    lv = compact(loss)[0]
+    falling = np.zeros(lv.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        falling[:, :-1] = np.diff(lv, axis=-1) < 0
+    n_series = a.shape[0]
+    n_hit = np.zeros(n_series, dtype=np.int64)
+    n_trans = np.zeros(n_series, dtype=np.int64)
+    n_fall = np.zeros(n_series, dtype=np.int64)
+    count = np.zeros(n_series, dtype=np.int64)
+    flagged = np.zeros((n_groups, n), dtype=np.int64)
+    present = np.zeros((n_groups, n), dtype=np.int64)
+    for start in range(0, n_series, _ROW_BLOCK):  # a few series at a time: small temporaries
+        sl = slice(start, start + _ROW_BLOCK)
+        values, _, cnt = compact(a[sl])
+        g = grp[sl]
+        # critical: |Δx[i]| above the series' percentile (NaN never counts)
+        hit = np.zeros(values.shape, dtype=bool)
+        change = np.abs(np.diff(values, axis=-1))
+        with np.errstate(invalid="ignore"):
+            np.greater(change, nan_percentile(change, q)[:, None], out=hit[:, :-1])
+            change2 = np.abs(np.diff(values, n=2, axis=-1))
+            n_trans[sl] = (change2 > nan_percentile(change2, q)[:, None]).sum(axis=-1)
+        n_hit[sl] = hit.sum(axis=-1)
+        n_fall[sl] = (hit & falling[g]).sum(axis=-1)
+        count[sl] = cnt
+        first = np.concatenate(([0], np.flatnonzero(g[1:] != g[:-1]) + 1))
+        flagged[g[first]] += np.add.reduceat(hit, first, axis=0, dtype=np.int64)
+        present[g[first]] += np.add.reduceat(record_mask(cnt, n), first, axis=0, dtype=np.int64)
+    total_critical = _group_sum(n_hit, grp, n_groups)
+    total_transitions = _group_sum(n_trans, grp, n_groups)
+    has = present > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(has, flagged / present, np.nan)
+        num_coordinated = (score >= 0.5).sum(axis=-1)
+    n_has = has.sum(axis=-1)
+    any_record = n_has > 0
+    top = np.where(has, score, -np.inf).max(axis=-1, initial=-np.inf)
+    max_coordination = np.where(any_record, top, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_coordination = np.where(
+            any_record, np.where(has, score, 0.0).sum(axis=-1) / n_has, np.nan
+        )
+        share = np.where(n_hit > 0, n_fall / n_hit, 0.0)
+    share = np.where(count > 0, share, np.nan)
+    has_share = ~np.isnan(share)
+    n_layers = _group_sum(has_share, grp, n_groups)
+    share_sum = np.bincount(grp, weights=np.where(has_share, share, 0.0), minlength=n_groups)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss_correlation = np.where(n_layers > 0, share_sum / n_layers, np.nan)
+    return (
+        total_critical,
+        total_transitions,
+        num_coordinated,
+        max_coordination,
+        mean_coordination,
+        loss_correlation,
+    )
 
 
 # --- significance ----------------------------------------------------------------
@@ -503,6 +719,8 @@ def surrogate_pvalues(
     arr = _float(v)
     lead = arr.shape[:-1]
     m = arr.shape[-1]
+    if arr.size == 0:
+        return np.full(arr.shape, np.nan), np.full(arr.shape, np.nan)
     flat = arr.reshape(-1, m)
     key = np.broadcast_to(np.asarray(keys, dtype=np.uint64), lead).reshape(-1)
     count = (~np.isnan(flat)).sum(axis=-1)

@@ -386,53 +386,138 @@ def _phase_category(phase: np.ndarray) -> np.ndarray:
     return np.where(phase < 0.33, "early", np.where(phase < 0.67, "mid", "late"))
 
 
+def _labels(values: Any) -> Any:
+    """Labels as the pandas array a DataFrame column of them would hold (same dtype)."""
+    return pd.Series(np.asarray(values, dtype=object)).array
+
+
+_DIRECTIONS = _labels(["decrease", "increase"])
+_PHASES = _labels(["early", "mid", "late"])
+
+
+def _take(labels: Any, index: np.ndarray) -> Any:
+    """``labels[index]`` as a pandas array: each label is converted once, not once per row."""
+    return labels.take(index)
+
+
+def _series_layout(x: xr.DataArray, dim: str) -> xr.DataArray:
+    """``x`` as (experiment, layer, dim); a table has no room for other dims."""
+    extra = [d for d in x.dims if d not in (EXPERIMENT, LAYER, dim)]
+    if dim not in x.dims or extra:
+        raise InputError(
+            f"a Phase 1 table needs dims ({EXPERIMENT!r}, {dim!r}, {LAYER!r}) and no others",
+            field="dims",
+            value=tuple(x.dims),
+        )
+    return x.transpose(EXPERIMENT, LAYER, dim)
+
+
+def _present_series(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (experiment, layer) series of an in-memory block that have a record.
+
+    ``values`` is (experiment, layer, step). Returns ``(S, n)`` values and the
+    experiment and layer position of each series (in experiment, then layer
+    order). Absent layers (all NaN) are dropped before any kernel runs.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    present = ~np.isnan(values).all(axis=-1)
+    e, layer = np.nonzero(present)
+    return values[e, layer], e, layer
+
+
+def _ranks(labels: np.ndarray) -> np.ndarray:
+    """Position of each label in a stable sort of the labels (the table's row order)."""
+    order = np.argsort(np.asarray(labels), kind="stable")
+    ranks = np.empty(order.size, dtype=np.int64)
+    ranks[order] = np.arange(order.size)
+    return ranks
+
+
+class _Labels:
+    """The eager labels of an (experiment, layer, dim) array that the table rows carry."""
+
+    def __init__(self, x: xr.DataArray, dim: str) -> None:
+        self.dim = dim
+        self.experiment = _labels(x[EXPERIMENT].values)
+        self.layer = _labels(x[LAYER].values)
+        self.exp_coord = x[EXPERIMENT].values if EXPERIMENT in x.coords else None
+        self.layer_coord = x[LAYER].values if LAYER in x.coords else None
+        self.steps = np.asarray(x[dim].values, dtype=np.float64) if dim in x.coords else None
+        self.num_steps = np.asarray(_coord(x, NUM_STEPS, np.nan), dtype=np.float64)
+        self.arch_name = _labels(_coord(x, ARCH_NAME))
+        self.dataset = _labels(_coord(x, DATASET))
+        self.exp_rank = _ranks(x[EXPERIMENT].values)
+        self.layer_rank = _ranks(x[LAYER].values)
+
+    def labeled(self, values: np.ndarray, sl: slice) -> xr.DataArray:
+        """A block of values as a labeled array (for the significance test)."""
+        coords: dict[str, Any] = {}
+        if self.exp_coord is not None:
+            coords[EXPERIMENT] = self.exp_coord[sl]
+        if self.layer_coord is not None:
+            coords[LAYER] = self.layer_coord
+        if self.steps is not None:
+            coords[self.dim] = self.steps
+        return xr.DataArray(values, dims=(EXPERIMENT, LAYER, self.dim), coords=coords)
+
+
 def _jump_block(
-    x: xr.DataArray,
+    values: np.ndarray,
+    sl: slice,
+    labels: _Labels,
     threshold: float,
     alpha: float | None,
     sig_alpha: float | None,
     options: dict[str, Any],
-) -> pd.DataFrame:
-    """Rows of the jump table for an in-memory block of experiments."""
-    res = detect_jumps(x, threshold=threshold, **options)
-    res = res.transpose(EXPERIMENT, LAYER, INDEX, ...)
-    keep = res["is_jump"].values
-    if alpha is not None:
-        keep = keep & (res["p_value"].values <= alpha) & res["above_floor"].values
-    e, layer, i = np.nonzero(keep)
-    num_steps = np.asarray(_coord(x, NUM_STEPS, np.nan), dtype=np.float64)
-    phase = i / num_steps[e]
-    velocity_values = res["velocity"].values[e, layer, i]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows of the jump table for one in-memory block, and their sort keys.
+
+    ``values`` are experiments ``sl`` over (experiment, layer, dim); the keys
+    are ``(experiment rank, layer rank, record index)`` per row.
+    """
+    series, e_of, l_of = _present_series(values)
+    r, i, velocity_values, z, magnitude, speed, position = _k.jump_rows(series, threshold)
+    p_value = noise_floor = significant = None
+    if "alpha" in options:  # the significance test, on the same block
+        sig_options = {k: v for k, v in options.items() if k != "dim"}
+        sig = jump_significance(labels.labeled(values, sl), dim=labels.dim, **sig_options)
+        sig = sig.transpose(EXPERIMENT, LAYER, ...)
+        p_value = sig["p_value"].values[e_of[r], l_of[r], i]
+        above = sig["above_floor"].values[e_of[r], l_of[r], i]
+        noise_floor = sig["noise_floor"].values[e_of[r], l_of[r]]
+        significant = (p_value <= sig_alpha) & above
+        if alpha is not None:
+            keep = (p_value <= alpha) & above
+            r, i, velocity_values, z, magnitude, speed, position = (
+                a[keep] for a in (r, i, velocity_values, z, magnitude, speed, position)
+            )
+            p_value, noise_floor, significant = p_value[keep], noise_floor[keep], significant[keep]
+    e = e_of[r] + sl.start
+    layer = l_of[r]
+    phase = i / labels.num_steps[e]
     out = {
         "step": i.astype(np.int64),
-        "magnitude": res["magnitude"].values[e, layer, i],
-        "speed": res["speed"].values[e, layer, i],
-        "direction": np.where(velocity_values > 0, "increase", "decrease"),
+        "magnitude": magnitude,
+        "speed": speed,
+        "direction": _take(_DIRECTIONS, (velocity_values > 0).astype(np.intp)),
         "phase": phase,
-        "layer": np.asarray(x[LAYER].values, dtype=object)[layer],
-        "experiment": np.asarray(x[EXPERIMENT].values, dtype=object)[e],
-        "arch_name": _coord(x, ARCH_NAME)[e],
-        "dataset": _coord(x, DATASET)[e],
-        "phase_category": _phase_category(phase),
+        "layer": _take(labels.layer, layer),
+        "experiment": _take(labels.experiment, e),
+        "arch_name": _take(labels.arch_name, e),
+        "dataset": _take(labels.dataset, e),
+        "phase_category": _take(_PHASES, 2 - (phase < 0.33) - (phase < 0.67).astype(np.intp)),
         "index": i.astype(np.int64),
         "train_step": (
-            res["train_step"].values[e, layer, i]
-            if "train_step" in res
-            else np.full(i.size, np.nan)
+            labels.steps[position] if labels.steps is not None else np.full(i.size, np.nan)
         ),
-        "z": res["z"].values[e, layer, i],
+        "z": z,
         "velocity": velocity_values,
+        "p_value": np.full(i.size, np.nan) if p_value is None else p_value,
+        "noise_floor": np.full(i.size, np.nan) if noise_floor is None else noise_floor,
+        "significant": np.zeros(i.size, dtype=bool) if significant is None else significant,
     }
-    if "p_value" in res:
-        significant = (res["p_value"].values <= sig_alpha) & res["above_floor"].values
-        out["p_value"] = res["p_value"].values[e, layer, i]
-        out["noise_floor"] = res["noise_floor"].values[e, layer]
-        out["significant"] = significant[e, layer, i]
-    else:
-        out["p_value"] = np.full(i.size, np.nan)
-        out["noise_floor"] = np.full(i.size, np.nan)
-        out["significant"] = np.zeros(i.size, dtype=bool)
-    return pd.DataFrame(out)
+    keys = np.stack([labels.exp_rank[e], labels.layer_rank[layer], i.astype(np.int64)])
+    return pd.DataFrame(out), keys
 
 
 def _experiment_blocks(x: xr.DataArray) -> list[slice]:
@@ -445,6 +530,23 @@ def _experiment_blocks(x: xr.DataArray) -> list[slice]:
         )
     bounds = np.cumsum((0, *sizes))
     return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+
+def _map_blocks(func: Any, *arrays: xr.DataArray) -> list[Any]:
+    """``func(*values, sl)`` per block ``sl`` of experiments, values as numpy arrays.
+
+    Dask-backed input: one task per chunk along ``experiment`` (each task
+    loads only its chunk, so memory is bounded by the chunk), computed
+    together. In-memory input: blocks of ``_BLOCK_EXPERIMENTS`` in turn.
+    """
+    first = arrays[0]
+    slices = _experiment_blocks(first) or [slice(0, 0)]
+    if first.chunks is not None:
+        call = dask.delayed(func, pure=True)
+        tasks = [call(*[a.data[sl] for a in arrays], sl) for sl in slices]
+        return list(dask.compute(*tasks))
+    data = [np.asarray(a.values) for a in arrays]
+    return [func(*[d[sl] for d in data], sl) for sl in slices]
 
 
 def jump_table(
@@ -519,20 +621,20 @@ def jump_table(
             seed=seed,
         )
     sig_alpha = options.get("alpha")
-    blocks = [x.isel({EXPERIMENT: sl}) for sl in _experiment_blocks(x)]
+    xt = _series_layout(x, dim)
+    labels = _Labels(xt, dim)
 
-    def block_table(block: xr.DataArray) -> pd.DataFrame:
-        return _jump_block(block, threshold, alpha, sig_alpha, options)
+    def block_table(values: np.ndarray, sl: slice) -> tuple[pd.DataFrame, np.ndarray]:
+        return _jump_block(values, sl, labels, threshold, alpha, sig_alpha, options)
 
-    if x.chunks is not None:  # one task per chunk along experiment; each gets numpy data
-        parts = list(dask.compute(*[dask.delayed(block_table)(b) for b in blocks]))
-    else:
-        parts = [block_table(b) for b in blocks]
-    if not parts:
-        parts = [_jump_block(x, threshold, None, None, {"dim": dim})]
-    table = pd.concat(parts, ignore_index=True)
-    table = table.sort_values(["experiment", "layer", "index"], kind="stable")
-    return table.reset_index(drop=True)[list(JUMP_COLUMNS)]
+    parts = _map_blocks(block_table, xt)
+    table = pd.concat([part for part, _ in parts], ignore_index=True)
+    keys = np.concatenate([k for _, k in parts], axis=1)
+    if keys.shape[1] > 1:  # rows sorted by experiment, layer, record index (stable)
+        order = np.lexsort(keys[::-1])
+        if np.any(order[1:] < order[:-1]):
+            table = table.take(order).reset_index(drop=True)
+    return table[list(JUMP_COLUMNS)]
 
 
 def critical_period_table(
@@ -577,26 +679,29 @@ def critical_period_table(
     x = _metric(ds, variable)
     if LOSS not in ds:
         raise InputError(f"a critical-period table needs {LOSS!r}", field=LOSS)
-    crit = critical_periods(x, percentile=percentile, dim=dim)
-    trans = transitions(x, percentile=percentile, dim=dim)
-    coord = coordination(crit)
-    summary = xr.Dataset(
-        {
-            "total_critical_steps": (crit == 1).sum((LAYER, INDEX)),
-            "total_transitions": (trans == 1).sum((LAYER, INDEX)),
-            "num_coordinated_periods": coord["num_coordinated_periods"],
-            "max_coordination": coord["max_coordination"],
-            "mean_coordination": coord["mean_coordination"],
-            "loss_correlation": loss_correlation(crit, ds[LOSS], dim=dim),
-        }
-    )
-    summary = summary.reset_coords(drop=True).compute()
+    xt = _series_layout(x, dim)
+    loss = ds[LOSS]
+    if set(loss.dims) - {EXPERIMENT, dim}:
+        raise InputError(
+            f"{LOSS!r} must be over ({EXPERIMENT!r}, {dim!r})", field=LOSS, value=tuple(loss.dims)
+        )
+    missing = {d: xt[d].values if d in xt.coords else xt.sizes[d] for d in (EXPERIMENT, dim)}
+    missing = {d: v for d, v in missing.items() if d not in loss.dims}
+    loss = (loss.expand_dims(missing) if missing else loss).transpose(EXPERIMENT, dim)
+
+    def block_summary(values: np.ndarray, loss_values: np.ndarray, sl: slice) -> tuple:
+        series, e, _ = _present_series(values)
+        loss_values = np.asarray(loss_values, dtype=np.float64)
+        return _k.critical_summary(series, loss_values, e, values.shape[0], q=float(percentile))
+
+    parts = _map_blocks(block_summary, xt, loss)
+    columns = [np.concatenate(col) for col in zip(*parts, strict=True)]
     table = pd.DataFrame(
         {
             "experiment": np.asarray(x[EXPERIMENT].values, dtype=object),
             "arch_name": _coord(x, ARCH_NAME),
             "dataset": _coord(x, DATASET),
-            **{name: summary[name].values for name in CRITICAL_COLUMNS[3:]},
+            **dict(zip(CRITICAL_COLUMNS[3:], columns, strict=True)),
         }
     )
     for name in ("total_critical_steps", "total_transitions", "num_coordinated_periods"):
