@@ -263,6 +263,7 @@ def child(side: str, folder: Path, out: Path | None) -> dict[str, Any]:
 
     if side == "ndt_store":
         import dask.array  # noqa: F401  (imported by the store on first use)
+
         import ndt_store.measures.dynamics  # noqa: F401
 
         try:  # dask imports it at the first compute when it is installed
