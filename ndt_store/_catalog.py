@@ -218,7 +218,7 @@ def rebuild(store: Store) -> str:
             shape=values.shape,
             dtype=str if values.dtype.kind in "UT" else values.dtype,
             dimension_names=(dim,),
-            chunks=values.shape if values.size else None,
+            chunks=values.shape if values.size else (1,),
         )
         if values.size:
             arr[...] = values
@@ -231,7 +231,7 @@ def rebuild(store: Store) -> str:
         for v, values in filled.items():
             arrays[v][start : start + len(chunk_names)] = values
     grp.attrs.update({"revisions": revisions})
-    previous = cache.attrs.get(CATALOG_ATTR, {}).get("group")
+    previous: Any = dict(cache.attrs.get(CATALOG_ATTR) or {}).get("group")  # type: ignore[arg-type]
     cache.attrs.update({CATALOG_ATTR: {"group": name, "revisions": revisions}})
     # Keep the superseded version one generation longer: a reader that opened it
     # lazily just before this rebuild can still finish reading it.
@@ -242,6 +242,12 @@ def rebuild(store: Store) -> str:
             except (OSError, KeyError):  # pragma: no cover - a concurrent remover
                 pass
     return name
+
+
+def _read_all(group: zarr.Group, name: str) -> np.ndarray:
+    arr = group[name]
+    assert isinstance(arr, zarr.Array)
+    return np.asarray(arr[...])
 
 
 def catalog_dataset(store: Store) -> xr.Dataset:
@@ -261,9 +267,9 @@ def catalog_dataset(store: Store) -> xr.Dataset:
     assert isinstance(cache, zarr.Group) and isinstance(info, dict)
     grp = cache[info["group"]]
     assert isinstance(grp, zarr.Group)
-    names = [str(x) for x in grp[D.EXPERIMENT][...]] if revisions else []  # type: ignore[index]
-    steps = np.asarray(grp[D.STEP][...]) if revisions else np.zeros(0, np.int64)  # type: ignore[index]
-    layers = [str(x) for x in grp[D.LAYER][...]] if revisions else []  # type: ignore[index]
+    names = [str(x) for x in _read_all(grp, D.EXPERIMENT)] if revisions else []
+    steps = _read_all(grp, D.STEP) if revisions else np.zeros(0, np.int64)
+    layers = [str(x) for x in _read_all(grp, D.LAYER)] if revisions else []
     data: dict[str, Any] = {v: da.from_zarr(grp[v]) for v in _VARS}
     data[D.LAYER_POSITION] = (
         np.asarray(grp[D.LAYER_POSITION][...])  # type: ignore[index]

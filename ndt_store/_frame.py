@@ -87,7 +87,8 @@ class Frame:
                 arr[...] = values
             statics[key] = list(dims)
         info = {"rows": 0, "columns": {}, "static": statics}
-        group.attrs.update({FRAME_ATTR: info, **dict(attrs or {})})
+        new_attrs: dict[str, Any] = {FRAME_ATTR: info, **dict(attrs or {})}
+        group.attrs.update(new_attrs)
         return cls(group)
 
     def add_static(self, name: str, values: np.ndarray, dims: tuple[str, ...]) -> None:

@@ -140,7 +140,7 @@ class Store:
             If another process is writing this experiment.
         """
         self._check_writable()
-        held = getattr(self, "_held", set())
+        held: set[str] = getattr(self, "_held", set())
         self._held = held
         if experiment in held:
             yield
@@ -546,7 +546,7 @@ class Store:
             frame = self._snapshot_frame(experiment, create=True)
             assert frame is not None
             if probe_hash is not None:
-                known = frame.group.attrs.get(D.PROBE_HASH)
+                known: Any = frame.group.attrs.get(D.PROBE_HASH)
                 if known is not None and known != probe_hash and (activations or attention):
                     raise InputError(
                         f"experiment {experiment!r}: probe batch hash {probe_hash[:12]} differs "
@@ -656,7 +656,7 @@ class Store:
         assert isinstance(parent, zarr.Group)
         with self.writer(f"table-{name}"):
             holder = parent.get(name)
-            current = holder.attrs.get("current") if isinstance(holder, zarr.Group) else None
+            current: Any = holder.attrs.get("current") if isinstance(holder, zarr.Group) else None
             if current is not None:
                 assert isinstance(holder, zarr.Group)
                 if _table_equal(_read_table(holder[current]), table):  # type: ignore[arg-type]
@@ -695,7 +695,7 @@ class Store:
         """A table stored with :meth:`write_table`."""
         parent = self._root.get(TABLES)
         holder = parent.get(name) if isinstance(parent, zarr.Group) else None
-        current = holder.attrs.get("current") if isinstance(holder, zarr.Group) else None
+        current: Any = holder.attrs.get("current") if isinstance(holder, zarr.Group) else None
         if current is None:
             raise NotFoundError(f"no table {name!r} in store {self.location!r}")
         assert isinstance(holder, zarr.Group)
@@ -715,7 +715,7 @@ class Store:
 
 
 def _read_table(group: zarr.Group) -> pd.DataFrame:
-    cols = group.attrs.get("columns", [])
+    cols: Any = group.attrs.get("columns", [])
     data = {}
     for c in cols:
         values = np.asarray(group[c][...])  # type: ignore[index]

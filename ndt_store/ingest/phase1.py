@@ -422,7 +422,7 @@ def write_phase1(
                         f"{store.location!r} with different content; pass overwrite=True "
                         "(CLI: --overwrite) to replace it"
                     )
-    result = {}
+    result: dict[str, str] = {}
     for exp in _progress(experiments, progress, "writing"):
         result[exp.name] = store.write_experiment(
             exp.name,
