@@ -233,14 +233,7 @@ def rebuild(store: Store) -> str:
     grp.attrs.update({"revisions": revisions})
     previous: Any = dict(cache.attrs.get(CATALOG_ATTR) or {}).get("group")  # type: ignore[arg-type]
     cache.attrs.update({CATALOG_ATTR: {"group": name, "revisions": revisions}})
-    # Keep the superseded version one generation longer: a reader that opened it
-    # lazily just before this rebuild can still finish reading it.
-    for stale, _ in list(cache.groups()):
-        if stale not in (name, previous):
-            try:
-                cache.__delitem__(stale)
-            except (OSError, KeyError):  # pragma: no cover - a concurrent remover
-                pass
+    _collect_superseded(cache, keep=name, previous=previous)
     return name
 
 
@@ -248,6 +241,34 @@ def _read_all(group: zarr.Group, name: str) -> np.ndarray:
     arr = group[name]
     assert isinstance(arr, zarr.Array)
     return np.asarray(arr[...])
+
+
+GRACE_SECONDS = 3600.0
+"""How long a superseded cache generation is kept for readers that opened it lazily."""
+
+
+def _collect_superseded(cache: zarr.Group, *, keep: str, previous: str | None) -> None:
+    """Mark the generation just replaced; delete generations superseded long ago.
+
+    A lazy ``measurements()`` view keeps reading the generation it opened, so a
+    generation is deleted only :data:`GRACE_SECONDS` after it was superseded.
+    Groups left by a crashed rebuild (never current) are marked and aged the same way.
+    """
+    import time
+
+    now = time.time()
+    for gname, group in list(cache.groups()):
+        if gname == keep:
+            continue
+        since = group.attrs.get("superseded_at")
+        if not isinstance(since, (int, float)):
+            group.attrs.update({"superseded_at": now})
+        elif now - since > GRACE_SECONDS:
+            try:
+                cache.__delitem__(gname)
+            except (OSError, KeyError):  # pragma: no cover - a concurrent remover
+                pass
+    del previous
 
 
 def catalog_dataset(store: Store) -> xr.Dataset:

@@ -26,6 +26,8 @@ COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 """Blosc lz4 + byte shuffle: decodes several GB/s a thread (NOTES.md), lossless."""
 
 _TARGET_CHUNK_BYTES = 8 << 20
+_WRITE_ALL: Any = {"write_empty_chunks": True}
+"""Every written chunk is stored, even all-fill ones, so a missing chunk means loss."""
 
 
 def default_row_chunk(row_shape: Sequence[int], itemsize: int) -> int:
@@ -70,7 +72,11 @@ class Frame:
         attrs: Mapping[str, Any] | None = None,
     ) -> Frame:
         """Create an empty frame (zero committed rows) with optional static arrays."""
-        group = parent.create_group(name, overwrite=True)
+        # the group and its (empty) registry in one write: never a half-created frame
+        info: dict[str, Any] = {"rows": 0, "columns": {}, "static": {}}
+        group = parent.create_group(
+            name, overwrite=True, attributes={FRAME_ATTR: info, **dict(attrs or {})}
+        )
         statics: dict[str, list[str]] = {}
         for key, (values, dims) in (static or {}).items():
             values = np.asarray(values)
@@ -82,13 +88,13 @@ class Frame:
                 dimension_names=dims,
                 compressors=COMPRESSORS if values.dtype.kind not in "UTO" else "auto",
                 fill_value=None if values.dtype.kind in "UTO" else _fill_value(values.dtype),
+                config=_WRITE_ALL,
             )
             if values.size:
                 arr[...] = values
             statics[key] = list(dims)
-        info = {"rows": 0, "columns": {}, "static": statics}
-        new_attrs: dict[str, Any] = {FRAME_ATTR: info, **dict(attrs or {})}
-        group.attrs.update(new_attrs)
+        if statics:
+            group.attrs.update({FRAME_ATTR: {**info, "static": statics}})
         return cls(group)
 
     def add_static(self, name: str, values: np.ndarray, dims: tuple[str, ...]) -> None:
@@ -102,6 +108,7 @@ class Frame:
             dtype=values.dtype,
             dimension_names=dims,
             chunks=values.shape if values.size else (1,) * values.ndim,
+            config=_WRITE_ALL,
         )
         if values.size:
             arr[...] = values
@@ -129,6 +136,11 @@ class Frame:
         except KeyError:
             raise CorruptStoreError(
                 f"{self.group.store_path}: array {name!r} is listed but missing"
+            ) from None
+        except Exception as exc:  # unreadable metadata (truncated JSON, bad fields)
+            raise CorruptStoreError(
+                f"{self.group.store_path}/{name}: unreadable array metadata "
+                f"({type(exc).__name__}: {exc})"
             ) from None
         if not isinstance(node, zarr.Array):
             raise CorruptStoreError(f"{self.group.store_path}/{name} is not an array")
@@ -162,6 +174,19 @@ class Frame:
         int
             The committed row count after the append.
         """
+        # every chunk is written, even all-fill ones, so a missing chunk always means loss
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            return self._append(columns, dims=dims, chunks=chunks, extra_attrs=extra_attrs)
+
+    def _append(
+        self,
+        columns: Mapping[str, np.ndarray],
+        *,
+        dims: Mapping[str, Sequence[str]],
+        chunks: Mapping[str, Sequence[int]] | None = None,
+        extra_attrs: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Implementation of :meth:`append` (write_empty_chunks set by the caller)."""
         if not columns:
             raise InputError("nothing to append")
         lengths = {name: np.shape(v)[0] if np.ndim(v) else -1 for name, v in columns.items()}
@@ -204,6 +229,7 @@ class Frame:
                 compressors=COMPRESSORS,
                 fill_value=_fill_value(values.dtype),
                 overwrite=True,
+                config=_WRITE_ALL,
             )
             arr[n : n + k] = values
             registry[name] = list(col_dims)
@@ -222,29 +248,78 @@ class Frame:
 
     def read(self, name: str) -> np.ndarray:
         """Read the committed rows of column ``name`` (or a whole static array)."""
-        arr = self.array(name)
-        if name in self._info.get("static", {}):
-            return np.asarray(arr[...])
-        if arr.shape[0] < self.rows:
-            raise CorruptStoreError(
-                f"{arr.store_path}: array has {arr.shape[0]} rows but {self.rows} are committed"
-            )
-        return np.asarray(arr[: self.rows])
+        return self.read_many([name])[name]
 
     def read_many(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Read several columns/static arrays concurrently (one round trip of I/O)."""
         return read_arrays(self.group, names, self.rows, set(self.static))
 
     def dask(self, name: str) -> Any:
-        """A dask array over the committed rows of column ``name`` (chunks = stored chunks)."""
+        """A dask array over the committed rows of column ``name`` (chunks = stored chunks).
+
+        Every chunk read is checked: an unreadable or missing chunk inside the
+        committed rows raises :class:`CorruptStoreError` naming the array.
+        """
         import dask.array as da
+        from dask.base import tokenize
 
         arr = self.array(name)
         if arr.shape[0] < self.rows:
             raise CorruptStoreError(
                 f"{arr.store_path}: array has {arr.shape[0]} rows but {self.rows} are committed"
             )
-        return da.from_zarr(arr)[: self.rows]
+        checked = CheckedArray(arr)
+        token = tokenize(str(arr.store_path), arr.shape, self.rows, self._info.get("columns"))
+        return da.from_array(checked, chunks=arr.chunks, name=f"ndt-{name}-{token}")[: self.rows]
+
+
+class CheckedArray:
+    """Chunk-aligned reads of a Zarr array that turn damage into :class:`CorruptStoreError`."""
+
+    def __init__(self, array: zarr.Array) -> None:
+        self.array = array
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self.ndim = array.ndim
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        from zarr.core.sync import sync
+
+        arr = self.array
+        try:
+            out = np.asarray(arr[selection])
+        except Exception as exc:
+            raise CorruptStoreError(
+                f"{arr.store_path}: unreadable chunk ({type(exc).__name__}: {exc})"
+            ) from None
+        if isinstance(selection, tuple) and all(isinstance(s, slice) for s in selection):
+            keys = _chunk_keys(arr, [(s.start or 0, s.stop) for s in selection])
+            missing = sync(_missing(arr, keys))
+            if missing:
+                raise CorruptStoreError(f"{arr.store_path}: chunk {missing[0]!r} is missing")
+        return out
+
+
+def _chunk_keys(arr: Any, bounds: Sequence[tuple[int, int | None]]) -> list[str]:
+    """Storage keys of the chunks covering ``bounds`` (start, stop) per dim."""
+    import itertools
+
+    ranges = []
+    for (start, stop), size, chunk in zip(bounds, arr.shape, arr.chunks, strict=True):
+        stop = size if stop is None else min(stop, size)
+        if stop <= start:
+            return []
+        ranges.append(range(start // chunk, (stop - 1) // chunk + 1))
+    return [arr.metadata.encode_chunk_key(c) for c in itertools.product(*ranges)]
+
+
+async def _missing(arr: Any, keys: Sequence[str]) -> list[str]:
+    import asyncio
+
+    store, path = arr.store_path.store, arr.store_path.path
+    full = [f"{path}/{k}" if path else k for k in keys]
+    present = await asyncio.gather(*(store.exists(k) for k in full))
+    return [k for k, ok in zip(keys, present, strict=True) if not ok]
 
 
 def read_arrays(
@@ -263,13 +338,25 @@ def read_arrays(
             arr = await AsyncArray.open(base / name)
         except (FileNotFoundError, KeyError):
             raise CorruptStoreError(f"{base}: array {name!r} is listed but missing") from None
-        if name in static:
-            return np.asarray(await arr.getitem(Ellipsis))
-        if arr.shape[0] < rows:
+        except Exception as exc:
+            raise CorruptStoreError(
+                f"{base}/{name}: unreadable array metadata ({type(exc).__name__}: {exc})"
+            ) from None
+        whole = name in static
+        if not whole and arr.shape[0] < rows:
             raise CorruptStoreError(
                 f"{base}/{name}: array has {arr.shape[0]} rows but {rows} are committed"
             )
-        return np.asarray(await arr.getitem(slice(0, rows)))
+        bounds = [(0, None if whole else rows)] + [(0, None)] * (arr.ndim - 1)
+        missing = await _missing(arr, _chunk_keys(arr, bounds))
+        if missing:
+            raise CorruptStoreError(f"{base}/{name}: chunk {missing[0]!r} is missing")
+        try:
+            return np.asarray(await arr.getitem(Ellipsis if whole else slice(0, rows)))
+        except Exception as exc:
+            raise CorruptStoreError(
+                f"{base}/{name}: unreadable chunk ({type(exc).__name__}: {exc})"
+            ) from None
 
     async def gather() -> list[np.ndarray]:
         return await asyncio.gather(*(one(n) for n in names))

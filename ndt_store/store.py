@@ -33,7 +33,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ndt_store import _dims as D
-from ndt_store._frame import Frame
+from ndt_store._frame import FRAME_ATTR, Frame
 from ndt_store._location import local_path, make_zarr_store
 from ndt_store._lock import local_lock
 from ndt_store._names import validate_name
@@ -140,6 +140,7 @@ class Store:
             If another process is writing this experiment.
         """
         self._check_writable()
+        validate_name(experiment)  # the lock file is named after it: it must not escape
         held: set[str] = getattr(self, "_held", set())
         self._held = held
         if experiment in held:
@@ -468,7 +469,12 @@ class Store:
     def _snapshot_frame(self, experiment: str, *, create: bool = False) -> Frame | None:
         grp = self._exp_group(experiment)
         if SNAPSHOTS in grp:
-            return Frame(grp[SNAPSHOTS])  # type: ignore[arg-type]
+            node = grp[SNAPSHOTS]
+            listed = self._entry(experiment).get("snapshots")
+            if create and not listed and FRAME_ATTR not in node.attrs:
+                # left by a writer killed while creating it; nothing was committed there
+                return Frame.create(grp, SNAPSHOTS)
+            return Frame(node)  # type: ignore[arg-type]
         if not create:
             return None
         return Frame.create(grp, SNAPSHOTS)

@@ -457,16 +457,6 @@ def test_crash_point_create_store(tmp_path: Path) -> None:
 
 
 @pytest.mark.torch
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Frame.create writes the 'snapshots' group and its ndt_frame attribute in two writes; a "
-        "kill in between (first snapshot of an experiment) leaves a group that Store."
-        "_snapshot_frame refuses forever ('not a frame'), so the rerun cannot finish (fix: "
-        "create_group(..., attributes={FRAME_ATTR: ...}) in one write, and recreate a "
-        "'snapshots' group without FRAME_ATTR when the experiment lists no snapshot)"
-    ),
-)
 def test_crash_point_ingest_checkpoints(tmp_path: Path) -> None:
     """Checkpoint import: each step appears whole or not at all; a rerun finishes the job."""
     torch = pytest.importorskip("torch")

@@ -303,9 +303,22 @@ def test_catalog_is_rebuilt_when_stale(filled: tuple[Path, dict]) -> None:
         np.testing.assert_array_equal(view[D.STABLE_RANK].values, ref["sr"])
     assert second.sel({D.EXPERIMENT: "gamma"})[D.ARCH_NAME].item() == "g"
     s.append_phase1("gamma", _rows([5], ["l9"]))
-    s.measurements()  # a second rebuild drops the generation before the previous one
-    assert not (path / "_cache" / old_group).exists()
+    s.measurements()  # a second rebuild keeps superseded generations within the grace period
+    assert (path / "_cache" / old_group).exists()
     assert (path / "_cache" / new_group).exists()
+    marked = json.loads((path / "_cache" / old_group / "zarr.json").read_text())["attributes"]
+    assert isinstance(marked["superseded_at"], float)
+    from ndt_store import _catalog
+
+    grace = _catalog.GRACE_SECONDS
+    try:
+        _catalog.GRACE_SECONDS = -1.0  # past the grace period: the next rebuild collects them
+        s.append_phase1("gamma", _rows([7], ["l9"]))
+        s.measurements()
+    finally:
+        _catalog.GRACE_SECONDS = grace
+    assert not (path / "_cache" / old_group).exists()
+    assert not (path / "_cache" / new_group).exists()
     with pytest.raises(NotFoundError, match="delta"):
         s.measurements(["alpha", "delta"])
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ndt_store._dims import WEIGHTS
+from ndt_store._names import validate_name
 from ndt_store.errors import (
     ExperimentExistsError,
     InputError,
@@ -251,11 +252,14 @@ def ingest_state_dict(
     >>> store.weights("run")["fc.weight"].dims
     ('step', 'out', 'in')
     """
-    if experiment not in store:
-        store.create_run(experiment, {}, [])
     weights = {str(k): _to_numpy(v) for k, v in state_dict.items()}
     if not weights:
         raise InputError(f"experiment {experiment!r} step {step}: the state_dict is empty")
+    validate_name(experiment)
+    for name in weights:  # refuse before anything (even the experiment) is created
+        validate_name(name, kind="parameter")
+    if experiment not in store:
+        store.create_run(experiment, {}, [])
     if not overwrite and int(step) in store.snapshot_steps(experiment, WEIGHTS):
         if _same_weights(store, experiment, int(step), weights):
             return "unchanged"  # rerunning an interrupted import finishes the job

@@ -75,7 +75,17 @@ def _number(value: Any, *, source: str, record: Any, field: str, allow_nonfinite
             value=value,
             has_value=True,
         )
-    out = float(value)
+    try:
+        out = float(value)
+    except OverflowError:
+        raise InputError(
+            "number out of the float64 range",
+            source=source,
+            record=record,
+            field=field,
+            value=value,
+            has_value=True,
+        ) from None
     if not math.isfinite(out):
         if not allow_nonfinite:
             raise InputError(
@@ -92,11 +102,20 @@ def _number(value: Any, *, source: str, record: Any, field: str, allow_nonfinite
 
 
 def _integer(value: Any, *, source: str, record: Any, field: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
         raise InputError(
             f"expected an integer, got {type(value).__name__}",
+            source=source,
+            record=record,
+            field=field,
+            value=value,
+            has_value=True,
+        )
+    if not -(2**63) <= value < 2**63:
+        raise InputError(
+            "integer out of the 64-bit range",
             source=source,
             record=record,
             field=field,
