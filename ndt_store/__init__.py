@@ -10,6 +10,7 @@ Examples
 
 from __future__ import annotations
 
+from ndt_store._integrity import IntegrityReport, verify_store
 from ndt_store.capture import JumpPolicy, Recorder
 from ndt_store.cluster import use_scheduler
 from ndt_store.compare import compare_representations
@@ -69,6 +70,7 @@ __all__ = [
     "CriticalMoment",
     "ExperimentExistsError",
     "InputError",
+    "IntegrityReport",
     "InvalidNameError",
     "JumpPolicy",
     "MissingDependencyError",
@@ -114,6 +116,7 @@ __all__ = [
     "transitions",
     "use_scheduler",
     "velocity",
+    "verify_store",
     "weight_change",
     "weight_change_between",
     "write_report",

@@ -78,7 +78,11 @@ def read_phase1_arrays(
             async with sem:
                 return await one(name)
 
-        return await asyncio.gather(*(bounded(n) for n in names))
+        results = await asyncio.gather(*(bounded(n) for n in names), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results  # type: ignore[return-value]
 
     return dict(zip(names, sync(gather()), strict=True))
 

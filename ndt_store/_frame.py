@@ -318,7 +318,10 @@ async def _missing(arr: Any, keys: Sequence[str]) -> list[str]:
 
     store, path = arr.store_path.store, arr.store_path.path
     full = [f"{path}/{k}" if path else k for k in keys]
-    present = await asyncio.gather(*(store.exists(k) for k in full))
+    present = await asyncio.gather(*(store.exists(k) for k in full), return_exceptions=True)
+    for found in present:
+        if isinstance(found, BaseException):
+            raise found
     return [k for k, ok in zip(keys, present, strict=True) if not ok]
 
 
@@ -359,6 +362,11 @@ def read_arrays(
             ) from None
 
     async def gather() -> list[np.ndarray]:
-        return await asyncio.gather(*(one(n) for n in names))
+        # wait for every read before raising, so no task is left pending
+        results = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results  # type: ignore[return-value]
 
     return dict(zip(names, sync(gather()), strict=True))

@@ -16,9 +16,10 @@ snapshot frames, tables) and reports, naming the array and chunk at fault:
 - leftovers that are harmless but take space (``*.partial`` files of writes that
   were interrupted, invisible uncommitted experiment groups).
 
-A Zarr chunk equal to the fill value everywhere is not written at all, so an
-absent chunk is only a *warning* unless ``strict=True`` (a real loss of data is
-usually also caught by one of the semantic checks, which are errors).
+Frames write every chunk, even one equal to the fill value everywhere, so an
+absent chunk inside a frame's committed rows is always an error. Tables use
+Zarr's default (all-fill chunks are not written): there an absent chunk is a
+*warning* unless ``strict=True``.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def verify_store(store: Store, *, strict: bool = False) -> IntegrityReport:
     store
         An open store (any mode; nothing is written).
     strict
-        Treat absent chunks inside committed regions as errors.
+        Also treat absent chunks of tables as errors (absent frame chunks always are).
 
     Returns
     -------
@@ -167,12 +168,12 @@ def verify_store(store: Store, *, strict: bool = False) -> IntegrityReport:
             continue
         assert isinstance(group, zarr.Group)
         if "phase1" in entry:
-            frame = _check_frame(store, report, group, entry["phase1"], missing)
+            frame = _check_frame(store, report, group, entry["phase1"], "error")
             if frame is not None:
                 _check_phase1(report, frame)
         snaps = entry.get("snapshots", [])
         if snaps:
-            frame = _check_frame(store, report, group, "snapshots", missing)
+            frame = _check_frame(store, report, group, "snapshots", "error")
             if frame is not None:
                 _check_snapshots(report, frame, snaps)
     _check_tables(store, report, missing)
