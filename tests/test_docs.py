@@ -15,6 +15,9 @@ RUNNABLE = [
     "legacy-api.md",
     "analysis.md",
     "dynamics.md",
+    "guarantees.md",
+    "capture.md",
+    "quickstart.md",
 ]
 
 
