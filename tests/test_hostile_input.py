@@ -449,11 +449,21 @@ def phase1_inputs(draw: st.DrawFn) -> dict[str, Any]:
         action = draw(st.sampled_from(["replace", "delete", "duplicate_step"]))
         if action == "delete":
             del parent[where[-1]]
-        elif action == "duplicate_step" and len(obj["measurements"]) > 1:
+        elif action == "duplicate_step" and _duplicable(obj.get("measurements")):
             obj["measurements"][1]["step"] = obj["measurements"][0]["step"]
         else:
             parent[where[-1]] = draw(_WEIRD)
     return obj
+
+
+def _duplicable(records: Any) -> bool:
+    """Whether an earlier mutation left two record objects whose steps can be made equal."""
+    return (
+        isinstance(records, list)
+        and len(records) > 1
+        and all(isinstance(r, dict) for r in records[:2])
+        and "step" in records[0]
+    )
 
 
 def _assert_roundtrip(store: ndt_store.Store, obj: dict[str, Any]) -> None:

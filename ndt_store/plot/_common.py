@@ -81,7 +81,8 @@ def finish(fig: Figure, path: PathLike | None, *, dpi: int = DEFAULT_DPI) -> Fig
     suffix = path.suffix.lower()
     if suffix and suffix not in _FORMATS:
         raise InputError(
-            f"cannot choose an image format from the extension; use one of {sorted(_FORMATS)}",
+            f"cannot choose an image format from the extension {suffix!r}; "
+            f"use one of {sorted(_FORMATS)}",
             field="path",
             value=str(path),
         )
