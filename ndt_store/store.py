@@ -93,7 +93,8 @@ class Store:
         self._root = root
         self._mode = mode
         self._local = local_path(location)
-        self._entries: dict[str, dict[str, Any]] | None = None
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._listed = False
         self._phase1_cache: dict[str, tuple[str, xr.Dataset, dict[str, np.ndarray]]] = {}
 
     # ------------------------------------------------------------------ basics
@@ -112,7 +113,8 @@ class Store:
 
     def refresh(self) -> None:
         """Forget cached reads so the next call sees other writers' commits."""
-        self._entries = None
+        self._entries = {}
+        self._listed = False
         self._phase1_cache.clear()
         fs = getattr(self._root.store, "fs", None)
         if fs is not None and hasattr(fs, "invalidate_cache"):
@@ -158,12 +160,41 @@ class Store:
                 held.discard(experiment)
 
     # ------------------------------------------------------------ experiments
+    def _experiments_prefix(self) -> str:
+        return f"{self._root.path}/{EXPERIMENTS}" if self._root.path else EXPERIMENTS
+
+    def _parse_entry(self, name: str, raw: bytes) -> dict[str, Any] | None:
+        try:
+            meta = json.loads(raw)
+        except ValueError as exc:
+            raise CorruptStoreError(
+                f"{self.location}: metadata of experiment {name!r} is not valid JSON ({exc})"
+            ) from None
+        entry = meta.get("attributes", {}).get(EXP_ATTR) if isinstance(meta, dict) else None
+        return entry if isinstance(entry, dict) and entry.get("committed") else None
+
+    def _read_entry(self, experiment: str) -> dict[str, Any] | None:
+        """Read one experiment's committed entry from storage (None if absent); cache it."""
+        zstore = self._root.store
+        key = f"{self._experiments_prefix()}/{experiment}/zarr.json"
+
+        async def get() -> Any:
+            return await zstore.get(key, prototype=default_buffer_prototype())
+
+        buf = sync(get())
+        entry = None if buf is None else self._parse_entry(experiment, buf.to_bytes())
+        if entry is None:
+            self._entries.pop(experiment, None)
+        else:
+            self._entries[experiment] = entry
+        return entry
+
     def _list_entries(self) -> dict[str, dict[str, Any]]:
-        """Read every experiment's attributes concurrently; cached."""
-        if self._entries is not None:
+        """Read every experiment's attributes concurrently; cached until :meth:`refresh`."""
+        if self._listed:
             return self._entries
         zstore = self._root.store
-        prefix = f"{self._root.path}/{EXPERIMENTS}" if self._root.path else EXPERIMENTS
+        prefix = self._experiments_prefix()
 
         async def gather() -> dict[str, dict[str, Any]]:
             import asyncio
@@ -176,21 +207,13 @@ class Store:
             )
             out: dict[str, dict[str, Any]] = {}
             for name, buf in zip(names, bufs, strict=True):
-                if buf is None:
-                    continue
-                try:
-                    meta = json.loads(buf.to_bytes())
-                except ValueError as exc:
-                    raise CorruptStoreError(
-                        f"{self.location}: metadata of experiment {name!r} is not valid JSON "
-                        f"({exc})"
-                    ) from None
-                entry = meta.get("attributes", {}).get(EXP_ATTR)
-                if isinstance(entry, dict) and entry.get("committed"):
+                entry = None if buf is None else self._parse_entry(name, buf.to_bytes())
+                if entry is not None:
                     out[name] = entry
             return out
 
         self._entries = dict(sorted(sync(gather()).items()))
+        self._listed = True
         return self._entries
 
     def experiments(self) -> list[str]:
@@ -205,19 +228,31 @@ class Store:
         return list(self._list_entries())
 
     def __contains__(self, experiment: object) -> bool:
-        return isinstance(experiment, str) and experiment in self._list_entries()
+        if not isinstance(experiment, str):
+            return False
+        if experiment in self._entries:
+            return True
+        if self._listed:
+            return False
+        try:
+            validate_name(experiment)
+        except NdtStoreError:
+            return False
+        return self._read_entry(experiment) is not None
 
     def _entry(self, experiment: str) -> dict[str, Any]:
-        entries = self._list_entries()
-        if experiment not in entries:
+        entry = self._entries.get(experiment)
+        if entry is not None:
+            return entry
+        entry = self._read_entry(experiment)  # one small read, not a listing
+        if entry is None:
             self.refresh()
             entries = self._list_entries()
-        if experiment not in entries:
             known = ", ".join(entries) or "none"
             raise NotFoundError(
                 f"experiment {experiment!r} is not in store {self.location!r} (known: {known})"
             )
-        return entries[experiment]
+        return entry
 
     def metadata(self, experiment: str) -> dict[str, Any]:
         """Run metadata of ``experiment`` (arch_name, dataset, num_steps, ...)."""
@@ -230,8 +265,8 @@ class Store:
 
     def _set_entry(self, experiment: str, entry: dict[str, Any]) -> None:
         self._exp_group(experiment).attrs.update({EXP_ATTR: entry})
-        if self._entries is not None:
-            self._entries[experiment] = entry
+        self._entries[experiment] = entry
+        if self._listed:
             self._entries = dict(sorted(self._entries.items()))
         self._phase1_cache.pop(experiment, None)
 
@@ -294,9 +329,8 @@ class Store:
         for layer in layers:
             validate_name(layer, kind="layer")
         with self.writer(experiment):
-            self.refresh()
-            entries = self._list_entries()
-            old = entries.get(experiment)
+            old = self._read_entry(experiment)  # fresh, under the lock
+            self._phase1_cache.pop(experiment, None)
             if old is not None:
                 if content_hash is not None and old.get("content_hash") == content_hash:
                     return "unchanged"
@@ -335,8 +369,8 @@ class Store:
         for layer in layers:
             validate_name(layer, kind="layer")
         with self.writer(experiment):
-            self.refresh()
-            old = self._list_entries().get(experiment)
+            old = self._read_entry(experiment)  # fresh, under the lock
+            self._phase1_cache.pop(experiment, None)
             if old is not None:
                 have = list(self._phase1_numpy(experiment)[D.LAYER])
                 if have != list(layers):
