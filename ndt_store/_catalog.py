@@ -275,6 +275,47 @@ def _collect_superseded(cache: zarr.Group, *, keep: str, previous: str | None) -
     del previous
 
 
+def _open_arrays(cache: zarr.Group, group: str, names: tuple[str, ...]) -> dict[str, zarr.Array]:
+    """Open the arrays of one cache generation concurrently (one round of metadata reads)."""
+    import asyncio
+
+    from zarr.core.array import AsyncArray
+    from zarr.core.sync import sync
+
+    base = cache.store_path / group
+
+    async def gather() -> list[Any]:
+        return await asyncio.gather(*(AsyncArray.open(base / n) for n in names))
+
+    return {n: zarr.Array(a) for n, a in zip(names, sync(gather()), strict=True)}
+
+
+def _read_small(
+    arrays: dict[str, zarr.Array], names: tuple[str, ...], cache: zarr.Group, group: str
+) -> dict[str, np.ndarray]:
+    """Read the coordinate arrays concurrently (``layer_position`` may be absent)."""
+    import asyncio
+
+    from zarr.core.array import AsyncArray
+    from zarr.core.sync import sync
+
+    base = cache.store_path / group
+
+    async def one(name: str) -> np.ndarray | None:
+        arr = arrays[name]._async_array if name in arrays else None
+        if arr is None:
+            try:
+                arr = await AsyncArray.open(base / name)
+            except (FileNotFoundError, KeyError):
+                return None
+        return np.asarray(await arr.getitem(Ellipsis))
+
+    async def gather() -> list[np.ndarray | None]:
+        return await asyncio.gather(*(one(n) for n in names))
+
+    return {n: v for n, v in zip(names, sync(gather()), strict=True) if v is not None}
+
+
 def catalog_dataset(store: Store) -> xr.Dataset:
     """The lazy cross-experiment dataset, rebuilding the cache when stale."""
     import dask.array as da
@@ -290,15 +331,20 @@ def catalog_dataset(store: Store) -> xr.Dataset:
         cache = store._root[CACHE]
         info = cache.attrs[CATALOG_ATTR]
     assert isinstance(cache, zarr.Group) and isinstance(info, dict)
-    grp = cache[info["group"]]
-    assert isinstance(grp, zarr.Group)
-    names = [str(x) for x in _read_all(grp, D.EXPERIMENT)] if revisions else []
-    steps = _read_all(grp, D.STEP) if revisions else np.zeros(0, np.int64)
-    layers = [str(x) for x in _read_all(grp, D.LAYER)] if revisions else []
-    data: dict[str, Any] = {v: da.from_zarr(grp[v]) for v in _VARS}
+    group_name = str(info["group"])
+    arrays = _open_arrays(cache, group_name, (*_VARS, D.EXPERIMENT, D.STEP, D.LAYER))
+    coords = (D.EXPERIMENT, D.STEP, D.LAYER, D.LAYER_POSITION)
+    small = _read_small(arrays, coords, cache, group_name)
+    names = [str(x) for x in small[D.EXPERIMENT]] if revisions else []
+    steps = small[D.STEP] if revisions else np.zeros(0, np.int64)
+    layers = [str(x) for x in small[D.LAYER]] if revisions else []
+    # explicit names: the generation's group name identifies its content, so dask
+    # need not tokenize (pickle) every array
+    data: dict[str, Any] = {
+        v: da.from_zarr(arrays[v], name=f"ndt-catalog-{group_name}-{v}") for v in _VARS
+    }
+    position = small.get(D.LAYER_POSITION)
     data[D.LAYER_POSITION] = (
-        np.asarray(grp[D.LAYER_POSITION][...])  # type: ignore[index]
-        if D.LAYER_POSITION in grp
-        else np.full((len(names), len(layers)), np.nan)
+        position if position is not None else np.full((len(names), len(layers)), np.nan)
     )
     return _assemble(store, names, steps, layers, data)
