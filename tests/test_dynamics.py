@@ -348,3 +348,24 @@ def test_jump_kernels_equal_per_series_reference(x):
             assert direction[row, i] == (1 if vel[i] > 0 else -1)
         if vel.std() > 0:
             np.testing.assert_array_equal(z[row, : n - 1], np.abs(vel - vel.mean()) / vel.std())
+
+
+@pytest.mark.parametrize("backend", ["numpy", "dask"])
+def test_phase1_tables_equal_the_two_tables(backend, tmp_path):
+    """One-pass ``phase1_tables`` equals jump_table + critical_period_table."""
+    import ndt_store
+    from ndt_store.measures.dynamics import critical_period_table, jump_table, phase1_tables
+    from ndt_store.testing import write_phase1_json
+
+    for i, layers in enumerate((["a", "b"], ["c", "d", "e"], ["a", "e"])):
+        write_phase1_json(tmp_path / "src" / f"run{i}.json", n_records=60, layers=layers,
+                          seed=i, jumps=[(layers[0], 30, 0.5)])  # fmt: skip
+    store = ndt_store.open_store(tmp_path / "s.zarr")
+    ndt_store.ingest_phase1(store, tmp_path / "src")
+    ds = store.measurements()
+    if backend == "numpy":
+        ds = ds.load()
+    jumps, periods = phase1_tables(ds, n_surrogates=0)
+    pd.testing.assert_frame_equal(jumps, jump_table(ds, n_surrogates=0))
+    pd.testing.assert_frame_equal(periods, critical_period_table(ds))
+    assert (jumps["layer"] == "a").any() and set(periods["experiment"]) == {"run0", "run1", "run2"}

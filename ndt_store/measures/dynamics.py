@@ -50,6 +50,7 @@ __all__ = [
     "detect_jumps",
     "jump_table",
     "loss_correlation",
+    "phase1_tables",
     "record_steps",
     "transitions",
     "velocity",
@@ -608,6 +609,27 @@ def jump_table(
     >>> jump_table(x, n_surrogates=0)[["step", "train_step", "direction", "phase"]].values.tolist()
     [[9, 45.0, 'increase', 0.09]]
     """
+    block, finish = _jump_plan(
+        ds, threshold=threshold, alpha=alpha, variable=variable, dim=dim,
+        n_surrogates=n_surrogates, floor_ulps=floor_ulps, eps=eps, seed=seed,
+    )  # fmt: skip
+    xt = _series_layout(_metric(ds, variable), dim)
+    return finish(_map_blocks(block, xt))
+
+
+def _jump_plan(
+    ds: xr.Dataset | xr.DataArray,
+    *,
+    threshold: float,
+    alpha: float | None,
+    variable: str,
+    dim: str,
+    n_surrogates: int,
+    floor_ulps: float,
+    eps: float | None,
+    seed: int,
+) -> tuple[Any, Any]:
+    """The per-block function and the finishing step of :func:`jump_table`."""
     x = _metric(ds, variable)
     if alpha is not None and n_surrogates < 1:
         raise InputError("alpha needs the significance test", field="n_surrogates", value=0)
@@ -621,20 +643,21 @@ def jump_table(
             seed=seed,
         )
     sig_alpha = options.get("alpha")
-    xt = _series_layout(x, dim)
-    labels = _Labels(xt, dim)
+    labels = _Labels(_series_layout(x, dim), dim)
 
     def block_table(values: np.ndarray, sl: slice) -> tuple[pd.DataFrame, np.ndarray]:
         return _jump_block(values, sl, labels, threshold, alpha, sig_alpha, options)
 
-    parts = _map_blocks(block_table, xt)
-    table = pd.concat([part for part, _ in parts], ignore_index=True)
-    keys = np.concatenate([k for _, k in parts], axis=1)
-    if keys.shape[1] > 1:  # rows sorted by experiment, layer, record index (stable)
-        order = np.lexsort(keys[::-1])
-        if np.any(order[1:] < order[:-1]):
-            table = table.take(order).reset_index(drop=True)
-    return table[list(JUMP_COLUMNS)]
+    def finish(parts: list[Any]) -> pd.DataFrame:
+        table = pd.concat([part for part, _ in parts], ignore_index=True)
+        keys = np.concatenate([k for _, k in parts], axis=1)
+        if keys.shape[1] > 1:  # rows sorted by experiment, layer, record index (stable)
+            order = np.lexsort(keys[::-1])
+            if np.any(order[1:] < order[:-1]):
+                table = table.take(order).reset_index(drop=True)
+        return table[list(JUMP_COLUMNS)]
+
+    return block_table, finish
 
 
 def critical_period_table(
@@ -676,6 +699,14 @@ def critical_period_table(
     >>> int(row.total_critical_steps), float(row.loss_correlation)
     (1, 1.0)
     """
+    block, finish, xt, loss = _period_plan(ds, percentile=percentile, variable=variable, dim=dim)
+    return finish(_map_blocks(block, xt, loss))
+
+
+def _period_plan(
+    ds: xr.Dataset, *, percentile: float, variable: str, dim: str
+) -> tuple[Any, Any, xr.DataArray, xr.DataArray]:
+    """Per-block function, finishing step and inputs of :func:`critical_period_table`."""
     x = _metric(ds, variable)
     if LOSS not in ds:
         raise InputError(f"a critical-period table needs {LOSS!r}", field=LOSS)
@@ -694,16 +725,64 @@ def critical_period_table(
         loss_values = np.asarray(loss_values, dtype=np.float64)
         return _k.critical_summary(series, loss_values, e, values.shape[0], q=float(percentile))
 
-    parts = _map_blocks(block_summary, xt, loss)
-    columns = [np.concatenate(col) for col in zip(*parts, strict=True)]
-    table = pd.DataFrame(
-        {
-            "experiment": np.asarray(x[EXPERIMENT].values, dtype=object),
-            "arch_name": _coord(x, ARCH_NAME),
-            "dataset": _coord(x, DATASET),
-            **dict(zip(CRITICAL_COLUMNS[3:], columns, strict=True)),
-        }
+    def finish(parts: list[Any]) -> pd.DataFrame:
+        columns = [np.concatenate(col) for col in zip(*parts, strict=True)]
+        table = pd.DataFrame(
+            {
+                "experiment": np.asarray(x[EXPERIMENT].values, dtype=object),
+                "arch_name": _coord(x, ARCH_NAME),
+                "dataset": _coord(x, DATASET),
+                **dict(zip(CRITICAL_COLUMNS[3:], columns, strict=True)),
+            }
+        )
+        for name in ("total_critical_steps", "total_transitions", "num_coordinated_periods"):
+            table[name] = table[name].astype(np.int64)
+        return table.sort_values("experiment", kind="stable").reset_index(drop=True)
+
+    return block_summary, finish, xt, loss
+
+
+def phase1_tables(
+    ds: xr.Dataset,
+    *,
+    threshold: float = 2.0,
+    percentile: float = 90,
+    alpha: float | None = None,
+    variable: str = STABLE_RANK,
+    dim: str = STEP,
+    n_surrogates: int = DEFAULT_SURROGATES,
+    floor_ulps: float = DEFAULT_FLOOR_ULPS,
+    eps: float | None = None,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both Phase 1 tables in one pass: each block of experiments is read once.
+
+    Equal to ``(jump_table(ds, ...), critical_period_table(ds, ...))`` with the
+    same options, at the cost of reading ``variable`` and ``loss`` once instead
+    of twice (and one dask computation instead of two).
+
+    Examples
+    --------
+    >>> sr = np.r_[np.zeros(10), np.ones(10)][None, :, None]
+    >>> ds = xr.Dataset(
+    ...     {"stable_rank": (("experiment", "step", "layer"), sr),
+    ...      "loss": (("experiment", "step"), np.linspace(2, 1, 20)[None, :])},
+    ...     coords={"experiment": ["run"], "layer": ["fc"], "step": np.arange(20)},
+    ... )
+    >>> jumps, periods = phase1_tables(ds, n_surrogates=0)
+    >>> len(jumps), int(periods.total_critical_steps[0])
+    (1, 1)
+    """
+    jump_block, jump_finish = _jump_plan(
+        ds, threshold=threshold, alpha=alpha, variable=variable, dim=dim,
+        n_surrogates=n_surrogates, floor_ulps=floor_ulps, eps=eps, seed=seed,
+    )  # fmt: skip
+    period_block, period_finish, xt, loss = _period_plan(
+        ds, percentile=percentile, variable=variable, dim=dim
     )
-    for name in ("total_critical_steps", "total_transitions", "num_coordinated_periods"):
-        table[name] = table[name].astype(np.int64)
-    return table.sort_values("experiment", kind="stable").reset_index(drop=True)
+
+    def both(values: np.ndarray, loss_values: np.ndarray, sl: slice) -> tuple[Any, Any]:
+        return jump_block(values, sl), period_block(values, loss_values, sl)
+
+    parts = _map_blocks(both, xt, loss)
+    return jump_finish([j for j, _ in parts]), period_finish([p for _, p in parts])
