@@ -84,3 +84,30 @@ PROBE_HASH = "probe_hash"
 """Attribute: SHA-256 of the probe-batch inputs an activation/attention array was taken on."""
 LABEL = "label"
 """Coordinate on ``sample``: the probe batch's class labels."""
+
+# --- the study's published tables ----------------------------------------------
+PUBLISHED_JUMP_COLUMNS: tuple[str, ...] = (
+    "step",
+    "magnitude",
+    "speed",
+    "direction",
+    "phase",
+    "layer",
+    "experiment",
+    "arch_name",
+    "dataset",
+    "phase_category",
+)
+"""Columns of ``all_jumps_detailed.csv`` (besides ``cluster``); ``step`` is a record index."""
+PUBLISHED_PERIOD_COLUMNS: tuple[str, ...] = (
+    "experiment",
+    "arch_name",
+    "dataset",
+    "total_critical_steps",
+    "total_transitions",
+    "num_coordinated_periods",
+    "max_coordination",
+    "mean_coordination",
+    "loss_correlation",
+)
+"""Columns of ``critical_periods_detailed.csv``."""

@@ -28,6 +28,14 @@ def float_dtype(dtype: npt.DTypeLike) -> np.dtype:
     return np.result_type(dtype, np.float32)
 
 
+def _rowdot(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """Row-wise dot products of two 2-d arrays into ``out`` (one fused pass)."""
+    if hasattr(np, "vecdot"):  # numpy >= 2
+        np.vecdot(a, b, out=out)
+    else:  # pragma: no cover - numpy 1.26
+        np.einsum("ij,ij->i", a, b, out=out)
+
+
 def softmax(x: npt.ArrayLike, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax along ``axis``.
 
@@ -84,14 +92,16 @@ def entropy(p: npt.ArrayLike, axis: int = -1, *, from_logits: bool = False) -> n
     rows = a.reshape(n, k)
     block = max(1, _BLOCK_BYTES // (k * dtype.itemsize))
     work = np.empty((min(block, n), k), dtype=dtype)
-    tiny = np.finfo(dtype).tiny
+    tiny = dtype.type(np.finfo(dtype).tiny)
     for start in range(0, n, block):
         rows_blk = rows[start : start + block]
         t = work[: rows_blk.shape[0]]
-        # max(p, tiny) keeps log finite, so p == 0 contributes 0 * log(tiny) == 0.
-        np.maximum(rows_blk, tiny, out=t)
+        # log(p + tiny) is finite at p == 0, so 0 * log 0 contributes 0; for any
+        # p >= ~1e-30 (float32) adding tiny changes nothing. An add is several
+        # times cheaper than a clamp (np.maximum), and the row sums of p * log p
+        # are one fused dot product per row.
+        np.add(rows_blk, tiny, out=t)
         np.log(t, out=t)
-        np.multiply(t, rows_blk, out=t)
-        np.sum(t, axis=-1, out=out[start : start + rows_blk.shape[0]])
+        _rowdot(t, rows_blk, out[start : start + rows_blk.shape[0]])
     np.subtract(0.0, out, out=out)  # 0 - x, not -x: a one-hot row gives +0.0
     return out.reshape(lead)

@@ -7,34 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from ndt_store._dims import PUBLISHED_JUMP_COLUMNS, PUBLISHED_PERIOD_COLUMNS
 from ndt_store.errors import InputError
 from ndt_store.store import Store
 
 JUMPS_TABLE = "published_jumps"
 PERIODS_TABLE = "published_critical_periods"
-JUMP_COLUMNS = (
-    "step",
-    "magnitude",
-    "speed",
-    "direction",
-    "phase",
-    "layer",
-    "experiment",
-    "arch_name",
-    "dataset",
-    "phase_category",
-)
-PERIOD_COLUMNS = (
-    "experiment",
-    "arch_name",
-    "dataset",
-    "total_critical_steps",
-    "total_transitions",
-    "num_coordinated_periods",
-    "max_coordination",
-    "mean_coordination",
-    "loss_correlation",
-)
+JUMP_COLUMNS = PUBLISHED_JUMP_COLUMNS
+PERIOD_COLUMNS = PUBLISHED_PERIOD_COLUMNS
 _NUMERIC = {
     "step",
     "magnitude",

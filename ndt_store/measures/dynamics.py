@@ -28,6 +28,8 @@ from ndt_store._dims import (
     LAYER,
     LOSS,
     NUM_STEPS,
+    PUBLISHED_JUMP_COLUMNS,
+    PUBLISHED_PERIOD_COLUMNS,
     STABLE_RANK,
     STEP,
 )
@@ -57,16 +59,7 @@ __all__ = [
 ]
 
 JUMP_COLUMNS: tuple[str, ...] = (
-    "step",
-    "magnitude",
-    "speed",
-    "direction",
-    "phase",
-    "layer",
-    "experiment",
-    "arch_name",
-    "dataset",
-    "phase_category",
+    *PUBLISHED_JUMP_COLUMNS,
     "index",
     "train_step",
     "z",
@@ -77,17 +70,7 @@ JUMP_COLUMNS: tuple[str, ...] = (
 )
 """Columns of :func:`jump_table`: the published ones (less ``cluster``), then the additions."""
 
-CRITICAL_COLUMNS: tuple[str, ...] = (
-    "experiment",
-    "arch_name",
-    "dataset",
-    "total_critical_steps",
-    "total_transitions",
-    "num_coordinated_periods",
-    "max_coordination",
-    "mean_coordination",
-    "loss_correlation",
-)
+CRITICAL_COLUMNS: tuple[str, ...] = PUBLISHED_PERIOD_COLUMNS
 
 _BLOCK_EXPERIMENTS = 256  # experiments per block when a table is built from in-memory data
 
