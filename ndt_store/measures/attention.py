@@ -8,6 +8,7 @@ and stays lazy on dask-backed input.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from typing import Any
 
 import xarray as xr
 
@@ -19,6 +20,29 @@ __all__ = ["attention_entropy", "attention_specialization"]
 
 DEFAULT_KEEP: tuple[Hashable, ...] = (EXPERIMENT, STEP, LAYER)
 """Dims :func:`attention_specialization` keeps by default (those present)."""
+
+
+def _entropy_block(x: Any, from_logits: bool) -> Any:
+    return _k.entropy(x, axis=-1, from_logits=from_logits)[..., None]
+
+
+def _entropy_any(x: Any, *, from_logits: bool = False) -> Any:
+    """Row entropy over the last axis of a numpy or dask array (dask stays lazy).
+
+    For dask, one task per chunk with ``map_blocks`` keeping the reduced axis at
+    length 1 and dropping it by indexing: unlike ``apply_ufunc(dask="parallelized")``
+    this does not copy every block.
+    """
+    if hasattr(x, "map_blocks") and hasattr(x, "rechunk"):
+        x = x.rechunk({x.ndim - 1: -1})
+        kept = x.map_blocks(
+            _entropy_block,
+            from_logits,
+            chunks=(*x.chunks[:-1], (1,) * len(x.chunks[-1])),
+            dtype=_k.float_dtype(x.dtype),
+        )
+        return kept[..., 0]
+    return _k.entropy(x, axis=-1, from_logits=from_logits)
 
 
 def attention_entropy(
@@ -57,13 +81,11 @@ def attention_entropy(
             f"attention has no dim {dim!r} (dims {attn.dims!r})", field="dim", value=dim
         )
     out = xr.apply_ufunc(
-        _k.entropy,
+        _entropy_any,
         attn,
         input_core_dims=[[dim]],
-        kwargs={"axis": -1, "from_logits": from_logits},
-        dask="parallelized",
-        output_dtypes=[_k.float_dtype(attn.dtype)],
-        dask_gufunc_kwargs={"allow_rechunk": True},
+        kwargs={"from_logits": from_logits},
+        dask="allowed",
     )
     return out.rename("attention_entropy").assign_attrs(
         long_name="attention entropy",
