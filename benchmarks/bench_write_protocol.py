@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -175,6 +176,33 @@ def main(argv: list[str] | None = None) -> str:
     )
     print(text)
     return text
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Rows for ``benchmarks/run.py``: per-append cost of the commit protocol vs raw Zarr."""
+    import statistics
+
+    steps, phase1_steps = (10, 30) if quick else (30, 100)
+    base = Path(tempfile.mkdtemp(prefix="ndt-bench-write-"))
+    try:
+        tensor = bench_tensor(base, steps, 4.0)
+        phase1 = bench_phase1(base, phase1_steps, 24)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in {**tensor, **phase1}.items()}
+    return [
+        {
+            "case": "append one 4 MiB tensor row and commit it (store.write_snapshot)",
+            "ndt_store": med["store.write_snapshot"], "baseline": med["raw zarr"], "unit": "ms",
+            "baseline_name": "raw zarr arr[i] = row (no commit marker, no lock)",
+            "notes": f"Frame.append alone: {med['frame (commit marker)']:.1f} ms",
+        },
+        {
+            "case": "append one Phase 1 record, 24 layers (store.append_phase1)",
+            "ndt_store": med["store.append_phase1"], "baseline": med["raw zarr (5 arrays)"],
+            "unit": "ms", "baseline_name": "raw zarr writes of the same 5 arrays",
+        },
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":
