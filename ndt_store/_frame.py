@@ -31,6 +31,22 @@ _WRITE_ALL: Any = {"write_empty_chunks": True}
 """Every written chunk is stored, even all-fill ones, so a missing chunk means loss."""
 
 
+def choose_compressors(sample: np.ndarray, *, min_ratio: float = 1.2) -> Any:
+    """:data:`COMPRESSORS` if ``sample`` compresses by at least ``min_ratio``, else none.
+
+    Dense softmax attention barely compresses (≈1.05× with lz4) while decoding it
+    costs CPU on every read; causal attention compresses ≈2×. The choice is made
+    once per array from its first row and recorded in the array's metadata.
+    """
+    from numcodecs import blosc
+
+    raw = np.ascontiguousarray(sample)
+    if raw.nbytes < 4096:
+        return COMPRESSORS
+    packed = blosc.compress(raw.tobytes(), typesize=raw.dtype.itemsize, cname=b"lz4", clevel=5)
+    return COMPRESSORS if raw.nbytes >= min_ratio * len(packed) else None
+
+
 def default_row_chunk(row_shape: Sequence[int], itemsize: int) -> int:
     """Rows per chunk so that a chunk holds about 8 MiB, at least one row."""
     row_bytes = int(np.prod(row_shape, dtype=np.int64)) * itemsize
@@ -154,6 +170,7 @@ class Frame:
         dims: Mapping[str, Sequence[str]],
         chunks: Mapping[str, Sequence[int]] | None = None,
         extra_attrs: Mapping[str, Any] | None = None,
+        compressors: Mapping[str, Any] | None = None,
     ) -> int:
         """Append rows to every column and commit them in one metadata write.
 
@@ -169,6 +186,9 @@ class Frame:
             Optional chunk shapes for new columns.
         extra_attrs
             Attributes committed together with the rows.
+        compressors
+            Codec choice for new columns (default :data:`COMPRESSORS`; ``None`` for
+            a column means uncompressed).
 
         Returns
         -------
@@ -177,7 +197,10 @@ class Frame:
         """
         # every chunk is written, even all-fill ones, so a missing chunk always means loss
         with zarr.config.set({"array.write_empty_chunks": True}):
-            return self._append(columns, dims=dims, chunks=chunks, extra_attrs=extra_attrs)
+            return self._append(
+                columns, dims=dims, chunks=chunks, extra_attrs=extra_attrs,
+                compressors=compressors,
+            )  # fmt: skip
 
     def _append(
         self,
@@ -186,6 +209,7 @@ class Frame:
         dims: Mapping[str, Sequence[str]],
         chunks: Mapping[str, Sequence[int]] | None = None,
         extra_attrs: Mapping[str, Any] | None = None,
+        compressors: Mapping[str, Any] | None = None,
     ) -> int:
         """Implementation of :meth:`append` (write_empty_chunks set by the caller)."""
         if not columns:
@@ -227,7 +251,9 @@ class Frame:
                 dtype=values.dtype,
                 chunks=tuple(max(1, c) for c in chunk),
                 dimension_names=col_dims,
-                compressors=COMPRESSORS,
+                compressors=(
+                    compressors[name] if compressors and name in compressors else COMPRESSORS
+                ),
                 fill_value=_fill_value(values.dtype),
                 overwrite=True,
                 config=_WRITE_ALL,
@@ -323,8 +349,13 @@ class CheckedArray:
             raise CorruptStoreError(f"{arr.store_path}: chunk {key!r} is missing")
         out = np.empty(arr.chunks, dtype=arr.dtype)
         try:
-            _check_blosc_header(data, out.nbytes)
-            blosc.decompress(data, out)
+            if len(getattr(arr.metadata, "codecs", ())) == 1:  # stored uncompressed
+                if len(data) != out.nbytes:
+                    raise ValueError(f"{len(data)} bytes stored, {out.nbytes} expected")
+                out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+            else:
+                _check_blosc_header(data, out.nbytes)
+                blosc.decompress(data, out)
         except Exception as exc:
             raise CorruptStoreError(
                 f"{arr.store_path}: unreadable chunk {key!r} ({type(exc).__name__}: {exc})"
@@ -335,11 +366,12 @@ class CheckedArray:
 
 
 def _fast_layout(arr: Any) -> bool:
-    """Whether the chunks of ``arr`` can be decoded by Blosc alone.
+    """Whether the chunks of ``arr`` can be read without zarr's codec pipeline.
 
     That is: a regular chunk grid, a fixed-size numeric dtype, and the codec chain
-    exactly bytes (little-endian, on a little-endian machine) + Blosc, as
-    :data:`COMPRESSORS` writes it.
+    exactly bytes (little-endian, on a little-endian machine), optionally followed
+    by Blosc — what the frames write (:data:`COMPRESSORS`, or no compressor for
+    data that does not compress, see :func:`choose_compressors`).
     """
     import sys
 
@@ -352,9 +384,9 @@ def _fast_layout(arr: Any) -> bool:
     except Exception:  # zarr v2 metadata, irregular grids, exotic dtypes: use zarr
         return False
     if (
-        len(codecs) != 2
+        not 1 <= len(codecs) <= 2
         or not isinstance(codecs[0], BytesCodec)
-        or not isinstance(codecs[1], BloscCodec)
+        or (len(codecs) == 2 and not isinstance(codecs[1], BloscCodec))
         or dtype.kind not in "biufc"
         or dtype.hasobject
         or len(chunks) != arr.ndim
@@ -432,6 +464,48 @@ def _chunk_keys(arr: Any, bounds: Sequence[tuple[int, int | None]]) -> list[str]
     return [arr.metadata.encode_chunk_key(c) for c in itertools.product(*ranges)]
 
 
+async def chunk_problems(arr: Any, keys: Sequence[str]) -> list[tuple[str, str]]:
+    """``(key, what)`` for every chunk of ``keys`` that is missing or not whole.
+
+    A Blosc chunk must be one whole Blosc frame decoding to the chunk's size, an
+    uncompressed one exactly the chunk's size: a truncated chunk is caught here,
+    not left to a decoder that may read past its buffer.
+    """
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype
+
+    store, path = arr.store_path.store, arr.store_path.path
+    codecs: tuple[Any, ...] = tuple(getattr(arr.metadata, "codecs", ()))
+    blosc = len(codecs) == 2 and isinstance(codecs[1], BloscCodec)
+    raw = len(codecs) == 1
+    nbytes = int(np.prod(arr.chunks, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
+    proto = default_buffer_prototype()
+
+    async def one(key: str) -> str | None:
+        buf = await store.get(f"{path}/{key}" if path else key, prototype=proto)
+        if buf is None:
+            return "is missing"
+        data = buf.to_bytes()
+        try:
+            if blosc:
+                _check_blosc_header(data, nbytes)
+            elif raw and len(data) != nbytes:
+                raise ValueError(f"{len(data)} bytes stored, {nbytes} expected")
+        except ValueError as exc:
+            return f"is damaged ({exc})"
+        return None
+
+    found = await asyncio.gather(*(one(k) for k in keys), return_exceptions=True)
+    out = []
+    for key, what in zip(keys, found, strict=True):
+        if isinstance(what, BaseException):
+            raise what
+        if what is not None:
+            out.append((key, what))
+    return out
+
+
 async def _missing(arr: Any, keys: Sequence[str]) -> list[str]:
     import asyncio
 
@@ -470,9 +544,10 @@ def read_arrays(
                 f"{base}/{name}: array has {arr.shape[0]} rows but {rows} are committed"
             )
         bounds = [(0, None if whole else rows)] + [(0, None)] * (arr.ndim - 1)
-        missing = await _missing(arr, _chunk_keys(arr, bounds))
-        if missing:
-            raise CorruptStoreError(f"{base}/{name}: chunk {missing[0]!r} is missing")
+        problems = await chunk_problems(arr, _chunk_keys(arr, bounds))
+        if problems:
+            key, what = problems[0]
+            raise CorruptStoreError(f"{base}/{name}: chunk {key!r} {what}")
         try:
             return np.asarray(await arr.getitem(Ellipsis if whole else slice(0, rows)))
         except Exception as exc:

@@ -37,7 +37,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ndt_store import _dims as D
-from ndt_store._frame import FRAME_ATTR
+from ndt_store._frame import FRAME_ATTR, chunk_problems
 
 if TYPE_CHECKING:
     from ndt_store.store import Store
@@ -277,6 +277,10 @@ def _check_chunks(
             slice(c * k, min((c + 1) * k, (n if i == 0 else arr.shape[i])))
             for i, (c, k) in enumerate(zip(coords, chunks, strict=True))
         )
+        damaged = sync(chunk_problems(arr, [arr.metadata.encode_chunk_key(coords)]))
+        if damaged:
+            report.add("error", key, f"chunk {damaged[0][1]}")
+            continue
         try:
             arr[sel]
         except Exception as exc:

@@ -603,7 +603,18 @@ class Store:
                 extra[D.PROBE_HASH] = probe_hash
             if labels is not None and D.LABEL not in frame.static:
                 frame.add_static(D.LABEL, np.asarray(labels), (D.SAMPLE,))
-            rows = frame.append(columns, dims=dims, chunks=chunks, extra_attrs=extra)
+            from ndt_store._frame import choose_compressors
+
+            # attention that does not compress (dense softmax) is stored raw: decoding
+            # it would cost CPU on every read for ~5% of space (docs/data-model.md)
+            codecs = {
+                col: choose_compressors(values[0])
+                for col, values in columns.items()
+                if col.startswith(f"{D.ATTENTION}/") and col not in frame.columns
+            }
+            rows = frame.append(
+                columns, dims=dims, chunks=chunks, extra_attrs=extra, compressors=codecs
+            )
             snaps = [s for s in snaps if not (s["step"] == step and existing and s in existing)]
             snaps.append({"step": step, "row": rows - 1, "kinds": kinds, **dict(info or {})})
             entry["snapshots"] = snaps
