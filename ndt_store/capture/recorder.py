@@ -547,17 +547,21 @@ class Recorder:
             self._writer.put(PendingSnapshot(step, payload, {"trigger": "scheduled"}))
         if measure:
             k = self.metric_samples
-            spectra = gram_singular_values([outs[n][:k] for n in self.layers])
+            acts = [outs[n][:k] for n in self.layers]
+            on_cpu = all(a.device.type == "cpu" for a in acts)
             if grad_norm is None:
                 grad_norm = self._grad_norm()
             self._writer.put(
                 PendingRecord(
                     step,
-                    [to_host(s) for s in spectra],
+                    # CPU: the writer thread does the eigendecompositions (in parallel
+                    # with training); accelerators: they are cheap where the data are
+                    [] if on_cpu else [to_host(s) for s in gram_singular_values(acts)],
                     loss=_host_scalar(loss),
                     grad_norm=_host_scalar(grad_norm),
                     epoch=-1 if epoch is None else int(epoch),
                     snapshot=payload if ring else None,
+                    activations=[to_host(a.detach()) for a in acts] if on_cpu else None,
                 )
             )
         return True

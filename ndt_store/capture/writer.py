@@ -131,11 +131,15 @@ class PendingRecord:
 
     step: int
     spectra: Sequence[HostTensor]
+    """Singular values per layer; empty when ``activations`` are given instead."""
     loss: HostTensor | float | None = None
     grad_norm: HostTensor | float | None = None
     epoch: int = -1
     snapshot: Mapping[str, Any] | None = None
     """Optional full snapshot for the jump trigger's ring buffer."""
+    activations: Sequence[HostTensor] | None = None
+    """Per-layer probe activations (CPU models): their spectra are computed here, on
+    the writer thread, so the training step only pays for the probe forward pass."""
 
 
 @dataclass
@@ -292,7 +296,13 @@ class BackgroundWriter:
             self._error = exc
 
     def _take_record(self, rec: PendingRecord) -> None:
-        metrics = metrics_from_spectra([h.numpy() for h in rec.spectra])
+        if rec.activations is not None:
+            from ndt_store.capture.metrics import gram_singular_values
+
+            spectra = [s.numpy() for s in gram_singular_values([h.tensor for h in rec.activations])]
+        else:
+            spectra = [h.numpy() for h in rec.spectra]
+        metrics = metrics_from_spectra(spectra)
         if not self._buffer:
             self._oldest = time.monotonic()
         self._buffer.append(
