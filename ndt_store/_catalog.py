@@ -21,7 +21,7 @@ import xarray as xr
 import zarr
 
 from ndt_store import _dims as D
-from ndt_store._frame import COMPRESSORS
+from ndt_store._frame import COMPRESSORS, child_groups
 
 if TYPE_CHECKING:
     from ndt_store.store import Store
@@ -261,7 +261,7 @@ def _collect_superseded(cache: zarr.Group, *, keep: str, previous: str | None) -
     import time
 
     now = time.time()
-    for gname, group in list(cache.groups()):
+    for gname, group in child_groups(cache):
         if gname == keep:
             continue
         since = group.attrs.get("superseded_at")

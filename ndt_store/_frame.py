@@ -47,6 +47,20 @@ def choose_compressors(sample: np.ndarray, *, min_ratio: float = 1.2) -> Any:
     return COMPRESSORS if raw.nbytes >= min_ratio * len(packed) else None
 
 
+def child_groups(group: zarr.Group) -> list[tuple[str, zarr.Group]]:
+    """``group.groups()`` without Zarr's warning about leftovers of interrupted writes.
+
+    A writer killed mid-write can leave ``*.partial`` files or a directory without
+    metadata; they are invisible to the store (and cleaned up by the next write),
+    so listing them is not worth a warning to the user.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not recognized as a component")
+        return list(group.groups())
+
+
 def default_row_chunk(row_shape: Sequence[int], itemsize: int) -> int:
     """Rows per chunk so that a chunk holds about 8 MiB, at least one row."""
     row_bytes = int(np.prod(row_shape, dtype=np.int64)) * itemsize

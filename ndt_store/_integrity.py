@@ -37,7 +37,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ndt_store import _dims as D
-from ndt_store._frame import FRAME_ATTR, chunk_problems
+from ndt_store._frame import FRAME_ATTR, child_groups, chunk_problems
 
 if TYPE_CHECKING:
     from ndt_store.store import Store
@@ -352,7 +352,7 @@ def _check_tables(store: Store, report: IntegrityReport, missing: Severity) -> N
         return
     if not isinstance(parent, zarr.Group):
         return
-    for name, group in parent.groups():
+    for name, group in child_groups(parent):
         if not group.attrs.get("committed"):
             continue
         report.checked["tables"] += 1

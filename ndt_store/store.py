@@ -33,7 +33,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ndt_store import _dims as D
-from ndt_store._frame import FRAME_ATTR, Frame
+from ndt_store._frame import FRAME_ATTR, Frame, child_groups
 from ndt_store._location import local_path, make_zarr_store
 from ndt_store._lock import local_lock
 from ndt_store._names import validate_name
@@ -737,7 +737,7 @@ class Store:
                     arr[...] = values
             grp.attrs.update({"columns": [str(c) for c in table.columns]})
             holder.attrs.update({"current": version})
-            for old, _ in list(holder.groups()):
+            for old, _ in child_groups(holder):
                 if old != version:
                     holder.__delitem__(old)
         return "replaced" if current is not None else "created"
@@ -762,7 +762,7 @@ class Store:
         parent = self._root.get(TABLES)
         if not isinstance(parent, zarr.Group):
             return []
-        return sorted(n for n, g in parent.groups() if g.attrs.get("current"))
+        return sorted(n for n, g in child_groups(parent) if g.attrs.get("current"))
 
 
 def _read_table(group: zarr.Group) -> pd.DataFrame:
