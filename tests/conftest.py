@@ -7,8 +7,12 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+from hypothesis import settings
 
 matplotlib.use("Agg")
+# no per-example deadline: CI machines are shared and timing is not what these test
+settings.register_profile("ndt_store", deadline=None)
+settings.load_profile("ndt_store")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
