@@ -325,19 +325,33 @@ def _no_store(out: Check, progress: Path) -> Check:
     return out
 
 
-def check_snapshot(store: Path, progress: Path) -> Check:
-    """Every listed snapshot holds exactly the intended tensors at its step."""
+def _open_readonly(
+    store: Path, progress: Path, out: Check, listing: str
+) -> tuple[Any, Any, Check | None]:
+    """Open ``store`` read-only and call its ``listing`` method (``experiments``/``tables``).
+
+    Returns the store, the listing, and — when opening or listing failed — the
+    finished :class:`Check` to return instead.
+    """
     import ndt_store
 
-    out = Check()
     try:
         s = ndt_store.open_store(store, mode="r")
-        names = s.experiments()
+        return s, getattr(s, listing)(), None
     except ndt_store.NotFoundError:
-        return _no_store(out, progress)
+        return None, None, _no_store(out, progress)
     except Exception as exc:
         out.opened, out.error = False, f"{type(exc).__name__}: {exc}"
-        return out
+        return None, None, out
+
+
+def check_snapshot(store: Path, progress: Path) -> Check:
+    """Every listed snapshot holds exactly the intended tensors at its step."""
+
+    out = Check()
+    s, names, failed = _open_readonly(store, progress, out, "experiments")
+    if failed is not None:
+        return failed
     steps = s.snapshot_steps("snap") if "snap" in names else []
     reported = [int(x) for x in _reported(progress)]
     out.lost = [str(x) for x in reported if x not in steps]
@@ -368,18 +382,12 @@ def check_snapshot(store: Path, progress: Path) -> Check:
 
 def check_record(store: Path, progress: Path) -> Check:
     """The visible rows are a prefix of the intended series, value for value."""
-    import ndt_store
     from ndt_store import _dims as D
 
     out = Check()
-    try:
-        s = ndt_store.open_store(store, mode="r")
-        names = s.experiments()
-    except ndt_store.NotFoundError:
-        return _no_store(out, progress)
-    except Exception as exc:
-        out.opened, out.error = False, f"{type(exc).__name__}: {exc}"
-        return out
+    s, names, failed = _open_readonly(store, progress, out, "experiments")
+    if failed is not None:
+        return failed
     if "rec" not in names:
         return _no_store(out, progress)
     try:
@@ -409,17 +417,11 @@ def check_record(store: Path, progress: Path) -> Check:
 
 def check_table(store: Path, progress: Path) -> Check:
     """The table is absent or exactly one of the versions, never partial; no stray tables."""
-    import ndt_store
 
     out = Check()
-    try:
-        s = ndt_store.open_store(store, mode="r")
-        tables = s.tables()
-    except ndt_store.NotFoundError:
-        return _no_store(out, progress)
-    except Exception as exc:
-        out.opened, out.error = False, f"{type(exc).__name__}: {exc}"
-        return out
+    s, tables, failed = _open_readonly(store, progress, out, "tables")
+    if failed is not None:
+        return failed
     for t in tables:
         if t != "report":
             out.torn.append(f"stray table {t!r} visible")
