@@ -21,7 +21,7 @@ import xarray as xr
 import zarr
 
 from ndt_store import _dims as D
-from ndt_store._frame import COMPRESSORS, child_groups
+from ndt_store._frame import COMPRESSORS, child_groups, gather_all
 
 if TYPE_CHECKING:
     from ndt_store.store import Store
@@ -78,11 +78,7 @@ def read_phase1_arrays(
             async with sem:
                 return await one(name)
 
-        results = await asyncio.gather(*(bounded(n) for n in names), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return results  # type: ignore[return-value]
+        return await gather_all(*(bounded(n) for n in names))
 
     return dict(zip(names, sync(gather()), strict=True))
 
@@ -235,23 +231,16 @@ def rebuild(store: Store) -> str:
         for v, values in filled.items():
             arrays[v][start : start + len(chunk_names)] = values
     grp.attrs.update({"revisions": revisions})
-    previous: Any = dict(cache.attrs.get(CATALOG_ATTR) or {}).get("group")  # type: ignore[arg-type]
     cache.attrs.update({CATALOG_ATTR: {"group": name, "revisions": revisions}})
-    _collect_superseded(cache, keep=name, previous=previous)
+    _collect_superseded(cache, keep=name)
     return name
-
-
-def _read_all(group: zarr.Group, name: str) -> np.ndarray:
-    arr = group[name]
-    assert isinstance(arr, zarr.Array)
-    return np.asarray(arr[...])
 
 
 GRACE_SECONDS = 3600.0
 """How long a superseded cache generation is kept for readers that opened it lazily."""
 
 
-def _collect_superseded(cache: zarr.Group, *, keep: str, previous: str | None) -> None:
+def _collect_superseded(cache: zarr.Group, *, keep: str) -> None:
     """Mark the generation just replaced; delete generations superseded long ago.
 
     A lazy ``measurements()`` view keeps reading the generation it opened, so a
@@ -272,12 +261,10 @@ def _collect_superseded(cache: zarr.Group, *, keep: str, previous: str | None) -
                 cache.__delitem__(gname)
             except (OSError, KeyError):  # pragma: no cover - a concurrent remover
                 pass
-    del previous
 
 
 def _open_arrays(cache: zarr.Group, group: str, names: tuple[str, ...]) -> dict[str, zarr.Array]:
     """Open the arrays of one cache generation concurrently (one round of metadata reads)."""
-    import asyncio
 
     from zarr.core.array import AsyncArray
     from zarr.core.sync import sync
@@ -285,7 +272,7 @@ def _open_arrays(cache: zarr.Group, group: str, names: tuple[str, ...]) -> dict[
     base = cache.store_path / group
 
     async def gather() -> list[Any]:
-        return await asyncio.gather(*(AsyncArray.open(base / n) for n in names))
+        return await gather_all(*(AsyncArray.open(base / n) for n in names))
 
     return {n: zarr.Array(a) for n, a in zip(names, sync(gather()), strict=True)}
 
@@ -294,7 +281,6 @@ def _read_small(
     arrays: dict[str, zarr.Array], names: tuple[str, ...], cache: zarr.Group, group: str
 ) -> dict[str, np.ndarray]:
     """Read the coordinate arrays concurrently (``layer_position`` may be absent)."""
-    import asyncio
 
     from zarr.core.array import AsyncArray
     from zarr.core.sync import sync
@@ -311,7 +297,7 @@ def _read_small(
         return np.asarray(await arr.getitem(Ellipsis))
 
     async def gather() -> list[np.ndarray | None]:
-        return await asyncio.gather(*(one(n) for n in names))
+        return await gather_all(*(one(n) for n in names))
 
     return {n: v for n, v in zip(names, sync(gather()), strict=True) if v is not None}
 

@@ -347,9 +347,10 @@ class CheckedArray:
             ) from None
         if isinstance(selection, tuple) and all(isinstance(s, slice) for s in selection):
             keys = _chunk_keys(arr, [(s.start or 0, s.stop) for s in selection])
-            missing = sync(_missing(arr, keys))
-            if missing:
-                raise CorruptStoreError(f"{arr.store_path}: chunk {missing[0]!r} is missing")
+            problems = sync(chunk_problems(arr, keys))
+            if problems:
+                key, what = problems[0]
+                raise CorruptStoreError(f"{arr.store_path}: chunk {key!r} {what}")
         return out
 
     def _read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
@@ -485,7 +486,6 @@ async def chunk_problems(arr: Any, keys: Sequence[str]) -> list[tuple[str, str]]
     uncompressed one exactly the chunk's size: a truncated chunk is caught here,
     not left to a decoder that may read past its buffer.
     """
-    import asyncio
 
     from zarr.core.buffer import default_buffer_prototype
 
@@ -510,33 +510,29 @@ async def chunk_problems(arr: Any, keys: Sequence[str]) -> list[tuple[str, str]]
             return f"is damaged ({exc})"
         return None
 
-    found = await asyncio.gather(*(one(k) for k in keys), return_exceptions=True)
-    out = []
-    for key, what in zip(keys, found, strict=True):
-        if isinstance(what, BaseException):
-            raise what
-        if what is not None:
-            out.append((key, what))
-    return out
+    found = await gather_all(*(one(k) for k in keys))
+    return [(key, what) for key, what in zip(keys, found, strict=True) if what is not None]
 
 
-async def _missing(arr: Any, keys: Sequence[str]) -> list[str]:
+async def gather_all(*aws: Any) -> list[Any]:
+    """``asyncio.gather`` that waits for every task before raising the first error.
+
+    A plain gather raises at once and leaves the other reads pending (the event
+    loop then warns that tasks were destroyed while pending).
+    """
     import asyncio
 
-    store, path = arr.store_path.store, arr.store_path.path
-    full = [f"{path}/{k}" if path else k for k in keys]
-    present = await asyncio.gather(*(store.exists(k) for k in full), return_exceptions=True)
-    for found in present:
-        if isinstance(found, BaseException):
-            raise found
-    return [k for k, ok in zip(keys, present, strict=True) if not ok]
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def read_arrays(
     group: zarr.Group, names: Sequence[str], rows: int, static: set[str]
 ) -> dict[str, np.ndarray]:
     """Read arrays of ``group`` concurrently; along-row arrays sliced to ``rows``."""
-    import asyncio
 
     from zarr.core.array import AsyncArray
     from zarr.core.sync import sync
@@ -570,11 +566,6 @@ def read_arrays(
             ) from None
 
     async def gather() -> list[np.ndarray]:
-        # wait for every read before raising, so no task is left pending
-        results = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return results  # type: ignore[return-value]
+        return await gather_all(*(one(n) for n in names))
 
     return dict(zip(names, sync(gather()), strict=True))

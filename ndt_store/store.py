@@ -33,7 +33,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ndt_store import _dims as D
-from ndt_store._frame import FRAME_ATTR, Frame, child_groups
+from ndt_store._frame import FRAME_ATTR, Frame, child_groups, gather_all
 from ndt_store._location import local_path, make_zarr_store
 from ndt_store._lock import local_lock
 from ndt_store._names import validate_name
@@ -197,12 +197,11 @@ class Store:
         prefix = self._experiments_prefix()
 
         async def gather() -> dict[str, dict[str, Any]]:
-            import asyncio
 
             names = [n async for n in zstore.list_dir(prefix)]
             names = [n for n in names if n != "zarr.json"]
             proto = default_buffer_prototype()
-            bufs = await asyncio.gather(
+            bufs = await gather_all(
                 *(zstore.get(f"{prefix}/{n}/zarr.json", prototype=proto) for n in names)
             )
             out: dict[str, dict[str, Any]] = {}
