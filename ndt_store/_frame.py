@@ -355,29 +355,41 @@ class CheckedArray:
 
     def _read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
         """Fetch and decode the whole chunk at ``coords`` (fast path)."""
-        from numcodecs import blosc
 
         arr = self.array
         key = arr.metadata.encode_chunk_key(coords)
-        data = _fetch(arr, key)
-        if data is None:
-            raise CorruptStoreError(f"{arr.store_path}: chunk {key!r} is missing")
-        out = np.empty(arr.chunks, dtype=arr.dtype)
-        try:
-            if len(getattr(arr.metadata, "codecs", ())) == 1:  # stored uncompressed
-                if len(data) != out.nbytes:
-                    raise ValueError(f"{len(data)} bytes stored, {out.nbytes} expected")
-                out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
-            else:
-                _check_blosc_header(data, out.nbytes)
-                blosc.decompress(data, out)
-        except Exception as exc:
-            raise CorruptStoreError(
-                f"{arr.store_path}: unreadable chunk {key!r} ({type(exc).__name__}: {exc})"
-            ) from None
+        out = decode_chunk(arr, key, _fetch(arr, key))
         # an edge chunk is stored whole: keep the part inside the array
         inside = [min(c, n - i * c) for i, n, c in zip(coords, arr.shape, arr.chunks, strict=True)]
         return out if inside == list(arr.chunks) else out[tuple(slice(0, k) for k in inside)]
+
+
+def decode_chunk(arr: Any, key: str, data: bytes | None) -> np.ndarray:
+    """Check and decode the stored bytes of one whole chunk of a fast-layout array.
+
+    Raises
+    ------
+    CorruptStoreError
+        Naming the array and chunk, when the chunk is missing, truncated or foreign.
+    """
+    from numcodecs import blosc
+
+    if data is None:
+        raise CorruptStoreError(f"{arr.store_path}: chunk {key!r} is missing")
+    out = np.empty(arr.chunks, dtype=arr.dtype)
+    try:
+        if len(getattr(arr.metadata, "codecs", ())) == 1:  # stored uncompressed
+            if len(data) != out.nbytes:
+                raise ValueError(f"{len(data)} bytes stored, {out.nbytes} expected")
+            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+        else:
+            _check_blosc_header(data, out.nbytes)
+            blosc.decompress(data, out)
+    except Exception as exc:
+        raise CorruptStoreError(
+            f"{arr.store_path}: unreadable chunk {key!r} ({type(exc).__name__}: {exc})"
+        ) from None
+    return out
 
 
 def _fast_layout(arr: Any) -> bool:
@@ -466,8 +478,8 @@ def _check_blosc_header(data: bytes, nbytes: int) -> None:
         raise ValueError(f"Blosc frame decodes to {decoded} bytes, chunk holds {nbytes}")
 
 
-def _chunk_keys(arr: Any, bounds: Sequence[tuple[int, int | None]]) -> list[str]:
-    """Storage keys of the chunks covering ``bounds`` (start, stop) per dim."""
+def _chunk_coords(arr: Any, bounds: Sequence[tuple[int, int | None]]) -> list[tuple[int, ...]]:
+    """Grid coordinates of the chunks covering ``bounds`` (start, stop) per dim."""
     import itertools
 
     ranges = []
@@ -476,7 +488,12 @@ def _chunk_keys(arr: Any, bounds: Sequence[tuple[int, int | None]]) -> list[str]
         if stop <= start:
             return []
         ranges.append(range(start // chunk, (stop - 1) // chunk + 1))
-    return [arr.metadata.encode_chunk_key(c) for c in itertools.product(*ranges)]
+    return list(itertools.product(*ranges))
+
+
+def _chunk_keys(arr: Any, bounds: Sequence[tuple[int, int | None]]) -> list[str]:
+    """Storage keys of the chunks covering ``bounds`` (start, stop) per dim."""
+    return [arr.metadata.encode_chunk_key(c) for c in _chunk_coords(arr, bounds)]
 
 
 async def chunk_problems(arr: Any, keys: Sequence[str]) -> list[tuple[str, str]]:
@@ -512,6 +529,30 @@ async def chunk_problems(arr: Any, keys: Sequence[str]) -> list[tuple[str, str]]
 
     found = await gather_all(*(one(k) for k in keys))
     return [(key, what) for key, what in zip(keys, found, strict=True) if what is not None]
+
+
+async def _read_region(arr: Any, bounds: Sequence[tuple[int, int | None]]) -> np.ndarray:
+    """Read ``bounds`` of a fast-layout array: each chunk fetched once, checked, decoded."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    stops = [size if stop is None else min(stop, size) for (_, stop), size in
+             zip(bounds, arr.shape, strict=True)]  # fmt: skip
+    out = np.empty(stops, dtype=arr.dtype)
+    store, path = arr.store_path.store, arr.store_path.path
+    proto = default_buffer_prototype()
+
+    async def one(coords: tuple[int, ...]) -> None:
+        key = arr.metadata.encode_chunk_key(coords)
+        buf = await store.get(f"{path}/{key}" if path else key, prototype=proto)
+        chunk = decode_chunk(arr, key, None if buf is None else buf.to_bytes())
+        starts = [c * k for c, k in zip(coords, arr.chunks, strict=True)]
+        sizes = [min(k, stop - s) for k, stop, s in zip(arr.chunks, stops, starts, strict=True)]
+        out[tuple(slice(s, s + n) for s, n in zip(starts, sizes, strict=True))] = chunk[
+            tuple(slice(0, n) for n in sizes)
+        ]
+
+    await gather_all(*(one(c) for c in _chunk_coords(arr, bounds)))
+    return out
 
 
 async def gather_all(*aws: Any) -> list[Any]:
@@ -554,6 +595,8 @@ def read_arrays(
                 f"{base}/{name}: array has {arr.shape[0]} rows but {rows} are committed"
             )
         bounds = [(0, None if whole else rows)] + [(0, None)] * (arr.ndim - 1)
+        if _fast_layout(arr):  # one fetch per chunk: checked and decoded here
+            return await _read_region(arr, bounds)
         problems = await chunk_problems(arr, _chunk_keys(arr, bounds))
         if problems:
             key, what = problems[0]
