@@ -21,7 +21,7 @@ import xarray as xr
 import zarr
 
 from ndt_store import _dims as D
-from ndt_store._frame import COMPRESSORS, child_groups, gather_all
+from ndt_store._frame import COMPRESSORS, child_groups, gather_all, read_frame_arrays
 
 if TYPE_CHECKING:
     from ndt_store.store import Store
@@ -44,7 +44,6 @@ def read_phase1_arrays(
     import asyncio
     import json
 
-    from zarr.core.array import AsyncArray
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
@@ -61,15 +60,11 @@ def read_phase1_arrays(
         if buf is None:
             raise CorruptStoreError(f"{store.location}: Phase 1 group of {name!r} is missing")
         rows = int(json.loads(buf.to_bytes())["attributes"][FRAME_ATTR]["rows"])
-        out: dict[str, np.ndarray] = {}
-        for field in fields:
-            if rows == 0 and field != D.LAYER:
-                out[field] = np.zeros((0,), dtype=np.int64 if field == D.STEP else float)
-                continue
-            arr = await AsyncArray.open(frame / field)
-            sel = Ellipsis if field == D.LAYER else slice(0, rows)
-            out[field] = np.asarray(await arr.getitem(sel))
-        return out
+        if rows == 0:
+            empty = {f: np.zeros((0,), dtype=np.int64 if f == D.STEP else float) for f in fields}
+            layers = await read_frame_arrays(frame, [D.LAYER], 0, {D.LAYER})
+            return {**empty, **layers} if D.LAYER in fields else empty
+        return await read_frame_arrays(frame, fields, rows, {D.LAYER})
 
     async def gather() -> list[dict[str, np.ndarray]]:
         sem = asyncio.Semaphore(64)

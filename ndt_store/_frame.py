@@ -574,11 +574,20 @@ def read_arrays(
     group: zarr.Group, names: Sequence[str], rows: int, static: set[str]
 ) -> dict[str, np.ndarray]:
     """Read arrays of ``group`` concurrently; along-row arrays sliced to ``rows``."""
-
-    from zarr.core.array import AsyncArray
     from zarr.core.sync import sync
 
-    base = group.store_path
+    return sync(read_frame_arrays(group.store_path, names, rows, static))
+
+
+async def read_frame_arrays(
+    base: Any, names: Sequence[str], rows: int, static: set[str] | frozenset[str] = frozenset()
+) -> dict[str, np.ndarray]:
+    """Read the arrays ``names`` under ``base`` (a store path) concurrently.
+
+    Along-row arrays are sliced to ``rows``, ``static`` ones read whole; every chunk
+    is checked, so damage raises :class:`CorruptStoreError` naming the array.
+    """
+    from zarr.core.array import AsyncArray
 
     async def one(name: str) -> np.ndarray:
         try:
@@ -608,7 +617,4 @@ def read_arrays(
                 f"{base}/{name}: unreadable chunk ({type(exc).__name__}: {exc})"
             ) from None
 
-    async def gather() -> list[np.ndarray]:
-        return await gather_all(*(one(n) for n in names))
-
-    return dict(zip(names, sync(gather()), strict=True))
+    return dict(zip(names, await gather_all(*(one(n) for n in names)), strict=True))
