@@ -94,6 +94,7 @@ def test_recorder_stores_expected_dims_steps_and_values(store) -> None:
         probe=(xp, yp),
         every=5,
         snapshot_steps=snap_steps,
+        metrics_from="probe",
         dataset="random",
         total_steps=30,
         seed=0,
@@ -189,6 +190,80 @@ def test_recorder_stores_expected_dims_steps_and_values(store) -> None:
     # downstream works unchanged: the cross-experiment view and the legacy record
     assert "tiny" in store.measurements()[D.EXPERIMENT].values
     assert store.record("tiny", 11)[D.STEP] == 10
+
+
+class InplaceMLP(nn.Module):
+    """A ReLU that overwrites the tracked layer's output in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.act = nn.ReLU(inplace=True)
+        self.b = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.b(self.act(self.a(x)))
+
+
+def test_batch_metrics_come_from_the_training_forward(store, caplog) -> None:
+    torch.manual_seed(1)
+    model = InplaceMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(3)
+    batches = [
+        (torch.randn(24, 8, generator=g), torch.randint(0, 10, (24,), generator=g))
+        for _ in range(20)
+    ]
+    probe = torch.randn(6, 8, generator=g)
+    seen: dict[int, dict[str, np.ndarray]] = {}
+    current: dict[str, np.ndarray] = {}
+    # the test's own reference hooks (registered first, so they run before the ReLU)
+    for name in ("a", "b"):
+        getattr(model, name).register_forward_hook(
+            lambda m, args, out, name=name: current.__setitem__(name, out.detach().clone().numpy())
+        )
+    with Recorder(store, "batch", model, probe=probe, every=4, metric_samples=10) as rec:
+        assert rec.metrics_from == "batch"
+        for step, (x, y) in enumerate(batches):
+            with torch.no_grad():  # an evaluation forward is not a training forward
+                model.eval()
+                model(probe)
+                model.train()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            seen[step] = dict(current)
+            rec.step(step, loss=loss)
+            opt.zero_grad()
+            armed = (step + 1) % 4 == 0
+            # hooks of the recorder exist only for the forward of a measurement step
+            assert (len(model.a._forward_hooks) == 2) is armed
+        # a measurement step without a training forward falls back to the probe
+        with caplog.at_level("WARNING", logger="ndt_store.capture"):
+            rec.step(20, loss=0.0)
+        assert "no training forward" in caplog.text
+    assert not model.a._forward_hooks.keys() - {min(model.a._forward_hooks)}
+    ds = store.phase1("batch")
+    assert ds[D.STEP].values.tolist() == [0, 4, 8, 12, 16, 20]
+    for step in (0, 4, 8, 12, 16):
+        for layer in ("a", "b"):
+            # before the in-place ReLU, first metric_samples rows of the training batch
+            want = dimensionality_metrics(seen[step][layer][:10].astype(np.float64))
+            got = [ds[m].sel(step=step, layer=layer).item() for m in D.PHASE1_METRICS]
+            np.testing.assert_allclose(got, want, rtol=2e-4)
+    with torch.no_grad():
+        model.eval()
+        ref = {"a": model.a(probe[:10]).numpy()}
+    want = dimensionality_metrics(ref["a"].astype(np.float64))
+    got = [ds[m].sel(step=20, layer="a").item() for m in D.PHASE1_METRICS]
+    np.testing.assert_allclose(got, want, rtol=2e-4)
+    cap = store.metadata("batch")["capture"]
+    assert cap["batch_metric_fallbacks"] == 1 and cap["metrics_from"].startswith("training")
+
+
+def test_metrics_from_is_checked(store) -> None:
+    with pytest.raises(InputError, match="metrics_from"):
+        Recorder(store, "x", nn.Linear(2, 2), probe=torch.zeros(1, 2), metrics_from="train")
 
 
 def test_hooks_and_patches_removed_on_exception(store) -> None:

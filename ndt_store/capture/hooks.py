@@ -153,7 +153,10 @@ def _first_tensor(output: Any) -> Any:
 
 @contextmanager
 def capture_outputs(
-    modules: Mapping[str, Any], *, transform: Callable[[str, Any, Any], Any] | None = None
+    modules: Mapping[str, Any],
+    *,
+    transform: Callable[[str, Any, Any], Any] | None = None,
+    when: Callable[[Any], bool] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Record each module's (first) output tensor, sample axis first, while inside.
 
@@ -163,6 +166,9 @@ def capture_outputs(
         ``{name: module}`` to hook.
     transform
         Optional ``f(name, module, tensor) -> tensor`` applied to each output.
+    when
+        Optional ``f(module) -> bool`` checked first on every call; outputs of
+        calls where it is false are not recorded (the hook then costs one call).
 
     Yields
     ------
@@ -184,6 +190,8 @@ def capture_outputs(
 
     def make(name: str) -> Callable[..., None]:
         def hook(module: Any, args: Any, output: Any) -> None:
+            if when is not None and not when(module):
+                return
             t = _first_tensor(output)
             if t is None:
                 return

@@ -28,7 +28,13 @@ from ndt_store.capture.hooks import (
 )
 from ndt_store.capture.metrics import gram_singular_values
 from ndt_store.capture.trigger import JumpPolicy, JumpSnapshots
-from ndt_store.capture.writer import BackgroundWriter, PendingRecord, PendingSnapshot, to_host
+from ndt_store.capture.writer import (
+    BackgroundWriter,
+    HostTensor,
+    PendingRecord,
+    PendingSnapshot,
+    to_host,
+)
 from ndt_store.errors import InputError, NdtStoreError, require
 
 __all__ = ["Recorder", "probe_hash"]
@@ -80,10 +86,14 @@ class Recorder:
                 rec.step(step, loss=loss)
                 opt.zero_grad()
 
-    Every ``every`` steps the model runs on the fixed probe batch (in eval mode,
-    without gradients) and the four dimensionality metrics of each tracked
-    layer's output, the loss and the gradient norm become one Phase 1 record of
-    the experiment (``store.phase1(name)``), exactly as an imported study run.
+    Every ``every`` steps the four dimensionality metrics of each tracked layer's
+    output, the loss and the gradient norm become one Phase 1 record of the
+    experiment (``store.phase1(name)``), exactly as an imported study run. By
+    default (``metrics_from="batch"``, the study's method) the metrics are taken
+    from the layer outputs of that step's own training forward, which costs no
+    extra forward pass; ``metrics_from="probe"`` runs the model on the fixed
+    probe batch instead (eval mode, no gradients), so every record sees the same
+    inputs.
     At snapshot steps it stores the state dict, the probe activations of the
     tracked layers (with the probe labels) and per-head attention probabilities.
     All store writes happen on a background thread.
@@ -128,11 +138,18 @@ class Recorder:
         measurement step.
     arch_name, dataset, total_steps, seed, metadata
         Run metadata (``num_steps`` is ``total_steps``); ``metadata`` is merged in.
+    metrics_from
+        ``"batch"`` (default): the Phase 1 metrics come from the last training-mode,
+        gradient-enabled forward before :meth:`step` (hooks are attached only for
+        the forward of a measurement step, which is predicted as the step after the
+        previous call; if no such forward ran, that record falls back to the probe
+        batch and a warning is logged once). ``"probe"``: from a forward on the
+        fixed probe batch, so records are comparable sample for sample.
     metric_samples
-        Use only the first this many probe samples for the Phase 1 metrics (the
-        probe forward of a measurement-only step then runs on them alone; in eval
-        mode each sample's outputs do not depend on the others). Default: all.
-        The study measured 64-sample training batches; fewer samples = less overhead.
+        Use only the first this many samples (of the training batch or the probe)
+        for the Phase 1 metrics; a measurement-only probe forward then runs on them
+        alone (in eval mode each sample's outputs do not depend on the others).
+        Default: all. The study measured 64-sample training batches.
     eval_probe
         Run the probe in eval mode (dropout off, batch-norm running stats).
     flush_every, flush_seconds, max_queue
@@ -162,14 +179,19 @@ class Recorder:
         total_steps: int | None = None,
         seed: int | None = None,
         metadata: Mapping[str, Any] | None = None,
+        metrics_from: str = "batch",
         metric_samples: int | None = None,
         eval_probe: bool = True,
-        flush_every: int = 50,
+        flush_every: int = 200,
         flush_seconds: float = 5.0,
         max_queue: int = 8,
     ) -> None:
         if every < 1:
             raise InputError("every must be a positive number of steps", field="every", value=every)
+        if metrics_from not in ("batch", "probe"):
+            raise InputError(
+                "metrics_from must be 'batch' or 'probe'", field="metrics_from", value=metrics_from
+            )
         self.store = store
         self.experiment = experiment
         self.model = model
@@ -192,6 +214,7 @@ class Recorder:
         self.seed = seed
         self.extra_metadata = dict(metadata or {})
         self.eval_probe = bool(eval_probe)
+        self.metrics_from = metrics_from
         self.metric_samples = None if metric_samples is None else int(metric_samples)
         self._writer_kw = {
             "flush_every": flush_every,
@@ -212,6 +235,9 @@ class Recorder:
         self._t0 = 0.0
         self._steps_seen = 0
         self._last_step: int | None = None
+        self._batch_hooks: ExitStack | None = None
+        self._batch_outs: dict[str, Any] = {}
+        self._batch_fallbacks = 0
 
     # --------------------------------------------------------------- set-up
     def _split_probe(self) -> tuple[Any, np.ndarray | None]:
@@ -250,6 +276,7 @@ class Recorder:
     def _enter(self, torch: Any) -> None:
         assert self._stack is not None
         params = list(self.model.parameters())
+        self._params = params
         self.device = params[0].device if params else torch.device("cpu")
         inputs, self.labels = self._split_probe()
         self.probe_hash = probe_hash(inputs)
@@ -288,7 +315,39 @@ class Recorder:
             on_snapshot=self.jumps.mark_stored_one if self.jumps else None,
             **self._writer_kw,  # type: ignore[arg-type]
         )
+        if self.metrics_from == "batch":
+            self._stack.callback(self._disarm)
+            self._arm()
         self._t0 = time.perf_counter()
+
+    # The training forward of a measurement step is caught by hooks attached just
+    # for it (armed after the previous step() call, removed by the next), so other
+    # steps run with no hooks at all.
+    def _arm(self) -> None:
+        torch = require("torch", "torch")
+        k = self.metric_samples
+
+        def keep(name: str, module: Any, t: Any) -> Any:
+            # a copy: the training loop may modify the output in place afterwards
+            return (t if k is None else t[:k]).clone()
+
+        def training_forward(module: Any) -> bool:
+            return bool(module.training) and torch.is_grad_enabled()
+
+        self._disarm()
+        stack = ExitStack()
+        self._batch_outs = stack.enter_context(
+            capture_outputs(self._modules, transform=keep, when=training_forward)
+        )
+        self._batch_hooks = stack
+
+    def _disarm(self) -> dict[str, Any]:
+        """Remove the batch hooks; return what they caught."""
+        got, self._batch_outs = self._batch_outs, {}
+        if self._batch_hooks is not None:
+            self._batch_hooks.close()
+            self._batch_hooks = None
+        return got
 
     def _resume_state(self) -> None:
         meta = self.store.metadata(self.experiment)
@@ -335,6 +394,9 @@ class Recorder:
             D.PROBE_HASH: self.probe_hash,
             "probe_shape": list(self.probe_inputs.shape),
             "metric_samples": self.metric_samples or int(self.probe_inputs.shape[0]),
+            "metrics_from": "training batch (outputs of the training forward)"
+            if self.metrics_from == "batch"
+            else "probe batch",
             "probe_source": "fixed probe batch, eval mode"
             if self.eval_probe
             else "fixed probe batch, train mode",
@@ -432,7 +494,8 @@ class Recorder:
         kwargs = self.attention_kwargs if want_attention else {}
         was_training = self.model.training
         with ExitStack() as stack:
-            outs = stack.enter_context(capture_outputs(self._modules))
+            # copies: a later in-place op (ReLU(inplace=True)) would change the output
+            outs = stack.enter_context(capture_outputs(self._modules, transform=_copy))
             attn: dict[str, Any] = {}
             if want_attention and self._attn_modules:
                 attn = stack.enter_context(capture_attention(self._attn_modules))
@@ -466,7 +529,9 @@ class Recorder:
 
     def _grad_norm(self) -> Any:
         torch = require("torch", "torch")
-        grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
+        # the parameter list is taken once, on entry (walking the modules every
+        # measurement cost more than the norms themselves)
+        grads = [p.grad.detach() for p in self._params if p.grad is not None]
         if not grads:
             return None
         norms = (
@@ -474,7 +539,9 @@ class Recorder:
             if hasattr(torch, "_foreach_norm")
             else [torch.linalg.vector_norm(g) for g in grads]
         )
-        return torch.linalg.vector_norm(torch.stack([n.to(torch.float64) for n in norms]))
+        if len({n.device for n in norms}) > 1:  # a model split across devices
+            norms = [n.to(self.device) for n in norms]
+        return torch.linalg.vector_norm(torch.stack(norms).to(torch.float64))
 
     def _snapshot_payload(self, outs: Mapping[str, Any], attn: Mapping[str, Any]) -> dict[str, Any]:
         payload: dict[str, Any] = {}
@@ -526,6 +593,17 @@ class Recorder:
             raise InputError(
                 f"steps must increase: got {step} after {self._last_step}", field="step"
             )
+        batch = self._disarm() if self.metrics_from == "batch" else {}
+        try:
+            return self._record(step, loss, grad_norm, epoch, batch)
+        finally:
+            if self.metrics_from == "batch" and (step + 1) % self.every == 0:
+                self._arm()
+
+    def _record(
+        self, step: int, loss: Any, grad_norm: Any, epoch: int | None, batch: dict[str, Any]
+    ) -> bool:
+        assert self._writer is not None
         self._last_step = step
         self._steps_seen += 1
         if self.last_stored_step is not None and step <= self.last_stored_step:
@@ -536,18 +614,31 @@ class Recorder:
         if not (measure or snap):
             self._writer._check()
             return False
-        full = snap or ring or not self.eval_probe
-        outs, attn = self._probe(
-            want_attention=self.attention and (snap or ring),
-            samples=None if full else self.metric_samples,
-        )
+        from_batch = measure and self.metrics_from == "batch" and set(batch) >= set(self.layers)
+        if measure and self.metrics_from == "batch" and not from_batch:
+            self._batch_fallbacks += 1
+            if self._batch_fallbacks == 1:
+                log.warning(
+                    "step %d: no training forward was seen since the previous Recorder.step "
+                    "call; its Phase 1 metrics are taken on the probe batch (call step() "
+                    "after every training step, or use metrics_from='probe')",
+                    step,
+                )
+        outs: dict[str, Any] = {}
+        attn: dict[str, Any] = {}
+        if snap or ring or not from_batch:
+            full = snap or ring or not self.eval_probe or from_batch
+            outs, attn = self._probe(
+                want_attention=self.attention and (snap or ring),
+                samples=None if full else self.metric_samples,
+            )
         payload = self._snapshot_payload(outs, attn) if (snap or ring) else None
         if snap:
             assert payload is not None
             self._writer.put(PendingSnapshot(step, payload, {"trigger": "scheduled"}))
         if measure:
             k = self.metric_samples
-            acts = [outs[n][:k] for n in self.layers]
+            acts = [batch[n] if from_batch else outs[n][:k] for n in self.layers]
             on_cpu = all(a.device.type == "cpu" for a in acts)
             if grad_norm is None:
                 grad_norm = self._grad_norm()
@@ -561,7 +652,11 @@ class Recorder:
                     grad_norm=_host_scalar(grad_norm),
                     epoch=-1 if epoch is None else int(epoch),
                     snapshot=payload if ring else None,
-                    activations=[to_host(a.detach()) for a in acts] if on_cpu else None,
+                    # batch outputs are private copies already; probe outputs are shared
+                    # with the snapshot payload
+                    activations=[HostTensor(a) if from_batch else to_host(a) for a in acts]
+                    if on_cpu
+                    else None,
                 )
             )
         return True
@@ -631,6 +726,7 @@ class Recorder:
                 "last_step": self._last_step,
                 "append_seconds": None if w is None else round(w.append_seconds, 4),
                 "snapshot_seconds": None if w is None else round(w.snapshot_seconds, 4),
+                "batch_metric_fallbacks": self._batch_fallbacks,
             }
         )
         if self.jumps is not None:
@@ -650,6 +746,10 @@ class Recorder:
             fields[D.NUM_STEPS] = self._last_step + 1
         fields.update(self.results)
         return fields
+
+
+def _copy(name: str, module: Any, t: Any) -> Any:
+    return t.clone()
 
 
 def _host_scalar(value: Any) -> Any:

@@ -5,7 +5,11 @@ GPU the copy goes to pinned memory with ``non_blocking=True`` and a CUDA event
 is recorded; the writer thread waits on that event, never the training thread.
 Phase 1 records are buffered and appended in batches (``flush_every`` records or
 ``flush_seconds``, whichever comes first: one append per record costs 50–100 ms,
-ten per call ~7.5 ms a record). Snapshots are written one committed unit each.
+ten per call ~7.5 ms a record). Their metrics are computed in batches too
+(``metric_batch`` records, or fewer holding ``metric_batch_bytes`` of
+activations): the writer thread shares the interpreter lock with the training
+loop, and a few large tensor operations hold it far less than many small ones.
+Snapshots are written one committed unit each.
 
 When the queue is full, :meth:`BackgroundWriter.put` blocks: memory stays
 bounded and the training loop slows down to the disk's pace instead of growing
@@ -103,21 +107,29 @@ def _numpy(value: Any) -> Any:
 def metrics_from_spectra(spectra: Sequence[np.ndarray]) -> np.ndarray:
     """``(layers, 4)`` Phase 1 metrics from each layer's singular values (numpy kernels).
 
+    Spectra of equal length are stacked and measured in one call per metric.
+
     Examples
     --------
-    >>> metrics_from_spectra([np.ones(4)]).round(6).tolist()
-    [[4.0, 4.0, 4.0, 4.0]]
+    >>> metrics_from_spectra([np.ones(4), np.ones(2)]).round(6).tolist()
+    [[4.0, 4.0, 4.0, 4.0], [2.0, 2.0, 2.0, 2.0]]
     """
-    rows = [
-        [
-            float(_kd.stable_rank(s)),
-            float(_kd.participation_ratio(s)),
-            float(_kd.effective_rank(s)),
-            float(_kd.nuclear_norm_ratio(s)),
-        ]
-        for s in (np.asarray(x, dtype=np.float64) for x in spectra)
-    ]
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(D.PHASE1_METRICS))
+    out = np.zeros((len(spectra), len(D.PHASE1_METRICS)), dtype=np.float64)
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(spectra):
+        groups.setdefault(int(np.shape(s)[-1]), []).append(i)
+    for idx in groups.values():
+        s = np.stack([np.asarray(spectra[i], dtype=np.float64) for i in idx])
+        out[idx] = np.stack(
+            [
+                _kd.stable_rank(s),
+                _kd.participation_ratio(s),
+                _kd.effective_rank(s),
+                _kd.nuclear_norm_ratio(s),
+            ],
+            axis=-1,
+        )
+    return out
 
 
 @dataclass
@@ -176,6 +188,9 @@ class BackgroundWriter:
         Phase 1 records per append.
     flush_seconds
         Append buffered records at least this often.
+    metric_batch, metric_batch_bytes
+        Records whose metrics are computed together (at most this many, holding at
+        most this many bytes of activations).
     max_queue
         Items the queue holds before :meth:`put` blocks.
     on_record
@@ -194,8 +209,10 @@ class BackgroundWriter:
         *,
         labels: np.ndarray | None = None,
         probe_hash: str | None = None,
-        flush_every: int = 50,
+        flush_every: int = 200,
         flush_seconds: float = 5.0,
+        metric_batch: int = 8,
+        metric_batch_bytes: int = 32 * 2**20,
         max_queue: int = 8,
         on_record: Callable[[int, dict[str, np.ndarray], Mapping[str, Any] | None], None]
         | None = None,
@@ -211,6 +228,10 @@ class BackgroundWriter:
         self.on_record = on_record
         self.on_snapshot = on_snapshot
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, int(max_queue)))
+        self.metric_batch = max(1, int(metric_batch))
+        self.metric_batch_bytes = int(metric_batch_bytes)
+        self._pending: list[PendingRecord] = []
+        self._pending_bytes = 0
         self._buffer: list[tuple[int, np.ndarray, float, float, int]] = []
         self._oldest = 0.0
         self._error: BaseException | None = None
@@ -265,7 +286,7 @@ class BackgroundWriter:
     def _run(self) -> None:
         while True:
             timeout = None
-            if self._buffer:
+            if self._buffer or self._pending:
                 timeout = max(0.0, self._oldest + self.flush_seconds - time.monotonic())
             try:
                 item = self._queue.get(timeout=timeout)
@@ -296,26 +317,48 @@ class BackgroundWriter:
             self._error = exc
 
     def _take_record(self, rec: PendingRecord) -> None:
-        if rec.activations is not None:
-            from ndt_store.capture.metrics import gram_singular_values
-
-            spectra = [s.numpy() for s in gram_singular_values([h.tensor for h in rec.activations])]
-        else:
-            spectra = [h.numpy() for h in rec.spectra]
-        metrics = metrics_from_spectra(spectra)
-        if not self._buffer:
+        if not (self._buffer or self._pending):
             self._oldest = time.monotonic()
-        self._buffer.append(
-            (rec.step, metrics, _scalar(rec.loss), _scalar(rec.grad_norm), int(rec.epoch))
-        )
-        if self.on_record is not None:
-            rows = {layer: metrics[i] for i, layer in enumerate(self.layers)}
-            snap = _numpy(rec.snapshot) if rec.snapshot is not None else None
-            self.on_record(rec.step, rows, snap)
-        if len(self._buffer) >= self.flush_every:
-            self._commit()
+        self._pending.append(rec)
+        self._pending_bytes += sum(h.nbytes for h in rec.activations or ())
+        if (
+            len(self._pending) >= min(self.metric_batch, self.flush_every)
+            or self._pending_bytes >= self.metric_batch_bytes
+        ):
+            self._measure_pending()
+
+    def _measure_pending(self) -> None:
+        """Metrics of the pending records (batched), in order, into the append buffer."""
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        if not pending:
+            return
+        from ndt_store.capture.metrics import gram_singular_values
+
+        acts = [h.tensor for r in pending if r.activations is not None for h in r.activations]
+        computed = iter(s.numpy() for s in gram_singular_values(acts))
+        spectra: list[np.ndarray] = []
+        for r in pending:
+            if r.activations is not None:
+                spectra.extend(next(computed) for _ in r.activations)
+            else:
+                spectra.extend(h.numpy() for h in r.spectra)
+        metrics = metrics_from_spectra(spectra).reshape(len(pending), -1, len(D.PHASE1_METRICS))
+        for rec, m in zip(pending, metrics, strict=True):
+            self._buffer.append(
+                (rec.step, m, _scalar(rec.loss), _scalar(rec.grad_norm), int(rec.epoch))
+            )
+            if self.on_record is not None:
+                rows = {layer: m[i] for i, layer in enumerate(self.layers)}
+                snap = _numpy(rec.snapshot) if rec.snapshot is not None else None
+                self.on_record(rec.step, rows, snap)
+            if len(self._buffer) >= self.flush_every:
+                self._append()
 
     def _commit(self) -> None:
+        self._measure_pending()
+        self._append()
+
+    def _append(self) -> None:
         if not self._buffer:
             return
         t0 = time.perf_counter()
