@@ -12,11 +12,15 @@ so a column created by an interrupted append is invisible as well.
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import zarr
 from zarr.codecs import BloscCodec
 
@@ -311,7 +315,92 @@ class Frame:
             )
         checked = CheckedArray(arr)
         token = tokenize(str(arr.store_path), arr.shape, self.rows, self._info.get("columns"))
-        return da.from_array(checked, chunks=arr.chunks, name=f"ndt-{name}-{token}")[: self.rows]
+        whole = da.from_array(checked, chunks=arr.chunks, name=f"ndt-{name}-{token}")
+        _remember(whole, checked, 0)
+        return take_rows(whole, 0, self.rows)
+
+
+# ------------------------------------------------------------------ chunk sources
+# Dask arrays made by Frame.dask (and row ranges of them, via take_rows) are
+# remembered by their dask name, which identifies their content exactly: a
+# reduction can then read each stored chunk and reduce it in one task
+# (chunk_reduce) instead of going through dask's getter and blockwise layers.
+# Any other operation makes a new name, and the reduction takes the generic path.
+_SOURCES: OrderedDict[str, tuple[CheckedArray, int]] = OrderedDict()
+_SOURCES_MAX = 4096
+_SOURCES_LOCK = threading.Lock()
+
+
+def _remember(x: Any, checked: CheckedArray, first_row: int) -> None:
+    with _SOURCES_LOCK:
+        _SOURCES[x.name] = (checked, first_row)
+        _SOURCES.move_to_end(x.name)
+        while len(_SOURCES) > _SOURCES_MAX:
+            _SOURCES.popitem(last=False)
+
+
+def take_rows(x: Any, start: int, stop: int) -> Any:
+    """``x[start:stop]`` along the first axis, still known as stored chunks if ``x`` was."""
+    out = x[start:stop]
+    with _SOURCES_LOCK:
+        source = _SOURCES.get(x.name)
+    if source is not None and out.name != x.name:
+        _remember(out, source[0], source[1] + start)
+    return out
+
+
+def chunk_reduce(x: Any, func: Any, drop_axes: Sequence[int], dtype: npt.DTypeLike) -> Any | None:
+    """``func`` applied to every stored chunk of ``x``, read and reduced in one task.
+
+    ``func(block) -> array`` must remove exactly ``drop_axes`` from a numpy block.
+    Returns a dask array (the dims of ``x`` without ``drop_axes``), or ``None`` when
+    ``x`` is not an untouched row range of a stored column (made by
+    :meth:`Frame.dask` / :func:`take_rows`), or a dropped axis spans several chunks:
+    the caller then takes its generic path.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    name = getattr(x, "name", None)
+    with _SOURCES_LOCK:
+        source = _SOURCES.get(name) if name is not None else None
+    if source is None:
+        return None
+    checked, first_row = source
+    drop = sorted(set(int(a) % x.ndim for a in drop_axes))
+    if any(len(x.chunks[a]) != 1 for a in drop) or 0 in drop:
+        return None
+    step = checked.array.chunks[0]
+    blocks = []  # (stored chunk index along rows, row slice inside it) per block
+    offset = first_row
+    for size in x.chunks[0]:
+        if size and offset // step != (offset + size - 1) // step:
+            return None
+        blocks.append((offset // step, slice(offset % step, offset % step + size)))
+        offset += size
+    out_name = f"ndt-reduce-{tokenize(name, func, drop)}"
+    kept = [a for a in range(x.ndim) if a not in drop]
+    dsk: dict[Any, Any] = {}
+    for idx in np.ndindex(*(len(x.chunks[a]) for a in kept)):
+        where = dict(zip(kept, idx, strict=True))
+        coords = tuple(where.get(a, 0) for a in range(x.ndim))
+        chunk, rows = blocks[coords[0]]
+        dsk[(out_name, *idx)] = (_reduce_chunk, checked, (chunk, *coords[1:]), rows, func)
+    return da.Array(dsk, out_name, chunks=tuple(x.chunks[a] for a in kept), dtype=dtype)
+
+
+def _reduce_chunk(
+    checked: CheckedArray, coords: tuple[int, ...], rows: slice, func: Any
+) -> np.ndarray:
+    block = checked._read_chunk(coords) if checked._fast else None
+    if block is None:
+        arr = checked.array
+        sel = tuple(
+            slice(i * c, min((i + 1) * c, n))
+            for i, c, n in zip(coords, arr.chunks, arr.shape, strict=True)
+        )
+        block = checked[sel]
+    return func(block[rows])
 
 
 class CheckedArray:
@@ -322,6 +411,14 @@ class CheckedArray:
     bytes are fetched with one store read (a plain file read on a local store) and
     decoded by Blosc straight into the result, bypassing zarr's asynchronous codec
     pipeline. Anything else goes through zarr.
+
+    On a local store, an uncompressed chunk is read straight into the result
+    (no intermediate copy), and each whole-chunk read of a large chunk asks the
+    operating system to start reading the next few chunks in the background
+    (``posix_fadvise(WILLNEED)``, about :data:`READ_AHEAD_BYTES` ahead, in the
+    chunk grid's C order, which is the order dask works through a reduction):
+    the disk keeps streaming while the threads decode and compute, instead of
+    waiting for each chunk in turn.
     """
 
     def __init__(self, array: zarr.Array) -> None:
@@ -330,6 +427,16 @@ class CheckedArray:
         self.dtype = array.dtype
         self.ndim = array.ndim
         self._fast = _fast_layout(array)
+        self._root = _local_root(array) if self._fast else None
+        chunk_bytes = math.prod(array.chunks) * np.dtype(array.dtype).itemsize if self._fast else 0
+        self._ahead = (
+            min(16, max(1, READ_AHEAD_BYTES // chunk_bytes))
+            if self._root is not None
+            and chunk_bytes >= READ_AHEAD_MIN_CHUNK
+            and hasattr(os, "posix_fadvise")
+            else 0
+        )
+        self._advised: set[int] = set()
 
     def __getitem__(self, selection: Any) -> np.ndarray:
         from zarr.core.sync import sync
@@ -358,10 +465,79 @@ class CheckedArray:
 
         arr = self.array
         key = arr.metadata.encode_chunk_key(coords)
-        out = decode_chunk(arr, key, _fetch(arr, key))
+        if self._ahead:
+            self._read_ahead(coords)
+        if self._root is not None and len(getattr(arr.metadata, "codecs", ())) == 1:
+            out = _read_raw_chunk(arr, key, os.path.join(self._root, key))
+        else:
+            out = decode_chunk(arr, key, _fetch(arr, key))
         # an edge chunk is stored whole: keep the part inside the array
         inside = [min(c, n - i * c) for i, n, c in zip(coords, arr.shape, arr.chunks, strict=True)]
         return out if inside == list(arr.chunks) else out[tuple(slice(0, k) for k in inside)]
+
+    def _read_ahead(self, coords: tuple[int, ...]) -> None:
+        """Hint the OS to start reading the chunks after ``coords`` (best effort)."""
+        arr = self.array
+        grid = [-(-n // c) for n, c in zip(arr.shape, arr.chunks, strict=True)]
+        flat = int(np.ravel_multi_index(coords, grid))
+        total = math.prod(grid)
+        for nxt in range(flat + 1, min(flat + 1 + self._ahead, total)):
+            if nxt in self._advised:
+                continue
+            self._advised.add(nxt)
+            key = arr.metadata.encode_chunk_key(tuple(int(i) for i in np.unravel_index(nxt, grid)))
+            assert self._root is not None
+            try:
+                fd = os.open(os.path.join(self._root, key), os.O_RDONLY)
+            except OSError:
+                continue  # absent (not written yet, or damage the read itself reports)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:  # pragma: no cover - filesystems without the hint
+                self._ahead = 0
+            finally:
+                os.close(fd)
+
+
+READ_AHEAD_BYTES = 32 * 2**20
+"""How far ahead :class:`CheckedArray` asks the OS to read whole chunks (local stores)."""
+READ_AHEAD_MIN_CHUNK = 2**20
+"""Chunks smaller than this get no read-ahead hints (the kernel's own read-ahead suffices)."""
+
+
+def _local_root(arr: Any) -> str | None:
+    """Directory holding ``arr``'s chunk keys when it lives in a local store."""
+    from zarr.storage import LocalStore
+
+    store, path = arr.store_path.store, arr.store_path.path
+    if not isinstance(store, LocalStore):
+        return None
+    return os.path.join(str(store.root), path) if path else str(store.root)
+
+
+def _read_raw_chunk(arr: Any, key: str, filename: str) -> np.ndarray:
+    """Read an uncompressed chunk file straight into a new array (checked)."""
+    out = np.empty(arr.chunks, dtype=arr.dtype)
+    try:
+        with open(filename, "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size != out.nbytes:
+                raise CorruptStoreError(
+                    f"{arr.store_path}: unreadable chunk {key!r} "
+                    f"(ValueError: {size} bytes stored, {out.nbytes} expected)"
+                )
+            view = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+            got = 0
+            while got < out.nbytes:
+                n = fh.readinto(view[got:])
+                if not n:
+                    raise CorruptStoreError(
+                        f"{arr.store_path}: chunk {key!r} truncated while reading"
+                    )
+                got += n
+    except (FileNotFoundError, NotADirectoryError):
+        raise CorruptStoreError(f"{arr.store_path}: chunk {key!r} is missing") from None
+    return out
 
 
 def decode_chunk(arr: Any, key: str, data: bytes | None) -> np.ndarray:

@@ -33,7 +33,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ndt_store import _dims as D
-from ndt_store._frame import FRAME_ATTR, Frame, child_groups, gather_all
+from ndt_store._frame import FRAME_ATTR, Frame, child_groups, gather_all, take_rows
 from ndt_store._location import local_path, make_zarr_store
 from ndt_store._lock import local_lock
 from ndt_store._names import validate_name
@@ -659,10 +659,14 @@ class Store:
                 attrs[D.PROBE_HASH] = frame.group.attrs[D.PROBE_HASH]
         # rows in storage order (the usual case) are a slice: no gather, no copy
         contiguous = rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size))
-        take: Any = slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows
         out = {}
         for col, dims in cols.items():
-            data = frame.dask(col)[take]
+            # a row range stays known as stored chunks (reductions read them directly)
+            data = (
+                take_rows(frame.dask(col), int(rows[0]), int(rows[-1]) + 1)
+                if contiguous
+                else frame.dask(col)[rows]
+            )
             label = col[len(prefix) :]
             da_ = xr.DataArray(data, dims=dims, coords=coords, name=label, attrs=dict(attrs))
             da_.attrs["kind"] = kind

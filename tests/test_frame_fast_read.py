@@ -110,3 +110,59 @@ def test_damaged_chunk_is_corrupt_store_error(tmp_path, how, message) -> None:
     np.testing.assert_array_equal(checked[0:4, 0:5], values[:4])  # the other chunk is fine
     with pytest.raises(CorruptStoreError, match=message):
         checked[4:8, 0:5]
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "longer"])
+def test_uncompressed_chunks_read_in_place_and_checked(tmp_path, monkeypatch, how) -> None:
+    values = np.arange(40, dtype="f4").reshape(8, 5)
+    arr = _array(tmp_path, values, (4, 5), compressors=None)
+    spy = Spy(monkeypatch)
+    checked = CheckedArray(arr)
+    np.testing.assert_array_equal(checked[0:4, 0:5], values[:4])
+    np.testing.assert_array_equal(checked[4:8, 0:5], values[4:])
+    assert spy.calls == [(0, 0), (1, 0)]
+    chunk = tmp_path / "a.zarr" / "c" / "1" / "0"
+    if how == "longer":
+        chunk.write_bytes(chunk.read_bytes() + b"x")
+    else:
+        _damage(chunk, how)
+    expected = "is missing" if how == "deleted" else r"unreadable chunk 'c/1/0'.* bytes stored"
+    with pytest.raises(CorruptStoreError, match=expected):
+        checked[4:8, 0:5]
+
+
+def test_read_ahead_hints_the_next_chunks_once(tmp_path, monkeypatch) -> None:
+    import os
+
+    import ndt_store._frame as frame
+
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("posix_fadvise is not available on this platform")
+    values = np.arange(6 * 4 * 3, dtype="f4").reshape(6, 4, 3)
+    arr = _array(tmp_path, values, (1, 4, 3), compressors=None)  # 48-byte chunks
+    monkeypatch.setattr(frame, "READ_AHEAD_MIN_CHUNK", 1)
+    monkeypatch.setattr(frame, "READ_AHEAD_BYTES", 2 * 48)  # two chunks ahead
+    hinted: list[str] = []
+    real = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_WILLNEED
+        hinted.append(Path(os.readlink(f"/proc/self/fd/{fd}")).relative_to(tmp_path).as_posix())
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    (tmp_path / "a.zarr" / "c" / "3" / "0" / "0").unlink()  # a hint to an absent chunk is skipped
+    checked = CheckedArray(arr)
+    assert checked._ahead == 2
+    np.testing.assert_array_equal(checked[0:1, 0:4, 0:3], values[:1])
+    assert hinted == ["a.zarr/c/1/0/0", "a.zarr/c/2/0/0"]
+    np.testing.assert_array_equal(checked[1:2, 0:4, 0:3], values[1:2])
+    assert hinted[2:] == []  # chunk 2 was hinted already, chunk 3 is absent
+    np.testing.assert_array_equal(checked[4:5, 0:4, 0:3], values[4:5])
+    assert hinted[2:] == ["a.zarr/c/5/0/0"]  # nothing past the last chunk
+    with pytest.raises(CorruptStoreError, match="is missing"):
+        checked[3:4, 0:4, 0:3]
+    small = CheckedArray(_array(tmp_path / "b", values, (1, 4, 3)))  # Blosc: still hinted
+    assert small._ahead == 2
+    monkeypatch.setattr(frame, "READ_AHEAD_MIN_CHUNK", 2**20)
+    assert CheckedArray(arr)._ahead == 0  # small chunks: the kernel's read-ahead suffices

@@ -8,15 +8,18 @@ and stays lazy on dask-backed input.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from functools import partial
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from ndt_store._dims import EXPERIMENT, HEAD, KEY, LAYER, STEP
+from ndt_store._frame import chunk_reduce
 from ndt_store._kernels import attention as _k
 from ndt_store.errors import InputError
 
-__all__ = ["attention_entropy", "attention_specialization"]
+__all__ = ["attention_entropy", "attention_specialization", "head_entropy"]
 
 DEFAULT_KEEP: tuple[Hashable, ...] = (EXPERIMENT, STEP, LAYER)
 """Dims :func:`attention_specialization` keeps by default (those present)."""
@@ -95,6 +98,101 @@ def attention_entropy(
     )
 
 
+def _mean_entropy_block(
+    x: np.ndarray, *, key_axis: int, avg_axes: tuple[int, ...], from_logits: bool
+) -> np.ndarray:
+    """Row entropy over ``key_axis``, then the mean over ``avg_axes`` (of ``x``)."""
+    e = _k.entropy(x, axis=key_axis, from_logits=from_logits)
+    axes = tuple(a - (a > key_axis) for a in avg_axes)
+    if not axes:
+        return e
+    count = int(np.prod([e.shape[a] for a in axes]))
+    total = np.add.reduce(e, axis=axes, dtype=np.float64)
+    return (total / count).astype(e.dtype, copy=False) if count else np.full_like(total, np.nan)
+
+
+def _keep_tuple(keep: Hashable | Iterable[Hashable]) -> tuple[Hashable, ...]:
+    return (keep,) if isinstance(keep, str) or not isinstance(keep, Iterable) else tuple(keep)
+
+
+def head_entropy(
+    attn: xr.DataArray,
+    *,
+    head_dim: Hashable = HEAD,
+    keep: Hashable | Iterable[Hashable] = DEFAULT_KEEP,
+    dim: Hashable = KEY,
+    from_logits: bool = False,
+) -> xr.DataArray:
+    """Mean attention entropy per head: per (experiment, step, layer, head) by default.
+
+    The same as ``attention_entropy(attn).mean(avg, skipna=False)`` where ``avg`` is
+    every dim but ``head_dim`` and the ``keep`` dims present, computed in one pass:
+    on attention read lazily from a store (untouched, as ``store.attention`` returns
+    it), each stored chunk is read, reduced to its per-head means and released in
+    one task, so nothing but the result is ever held beyond one chunk per thread;
+    on other dask arrays it is the lazy two-step reduction, on numpy the same kernels
+    directly. Means are accumulated in float64 and returned in the input's float dtype.
+
+    Parameters
+    ----------
+    attn
+        Attention probabilities, e.g. ``(step, sample, head, query, key)``.
+    head_dim, keep
+        Dims kept: ``head_dim`` and each ``keep`` dim present; the rest are averaged.
+    dim, from_logits
+        As in :func:`attention_entropy`.
+
+    Returns
+    -------
+    xarray.DataArray
+        Named ``head_entropy``, dims of ``attn`` without ``dim`` and the averaged ones.
+
+    Examples
+    --------
+    >>> p = np.zeros((1, 2, 3, 4))
+    >>> p[:, 0] = 0.25          # head 0 uniform
+    >>> p[:, 1, :, 0] = 1.0     # head 1 one-hot
+    >>> a = xr.DataArray(p, dims=("sample", "head", "query", "key"))
+    >>> head_entropy(a).round(6).values.tolist()
+    [1.386294, 0.0]
+    """
+    for name, d in (("dim", dim), ("head_dim", head_dim)):
+        if d not in attn.dims:
+            raise InputError(
+                f"attention has no dim {d!r} (dims {attn.dims!r})", field=name, value=d
+            )
+    keep_t = _keep_tuple(keep)
+    avg = [d for d in attn.dims if d not in (dim, head_dim) and d not in keep_t]
+    attrs = {
+        "long_name": "mean attention entropy per head",
+        "units": "nat",
+        "averaged_dims": ", ".join(map(str, avg)),
+        "input": "logits" if from_logits else "probabilities",
+    }
+    func = partial(
+        _mean_entropy_block,
+        key_axis=attn.get_axis_num(dim),
+        avg_axes=tuple(attn.get_axis_num(d) for d in avg),
+        from_logits=from_logits,
+    )
+    dropped = [*avg, dim]
+    template = attn.isel({d: 0 for d in dropped}, drop=True)
+    fast = chunk_reduce(
+        attn.data,
+        func,
+        drop_axes=[attn.get_axis_num(d) for d in dropped],
+        dtype=_k.float_dtype(attn.dtype),
+    )
+    if fast is not None:
+        out = template.copy(data=fast)
+    elif isinstance(attn.data, np.ndarray):
+        out = template.copy(data=func(attn.data))
+    else:
+        ent = attention_entropy(attn, dim=dim, from_logits=from_logits)
+        out = ent.mean(avg, skipna=False) if avg else ent
+    return out.rename("head_entropy").assign_attrs(attrs)
+
+
 def attention_specialization(
     attn: xr.DataArray,
     *,
@@ -143,26 +241,19 @@ def attention_specialization(
             field="head_dim",
             value=head_dim,
         )
-    keep_t = (keep,) if isinstance(keep, str) or not isinstance(keep, Iterable) else tuple(keep)
-    ent = attention_entropy(attn, dim=dim, from_logits=from_logits)
-    avg = [d for d in ent.dims if d != head_dim and d not in keep_t]
-    head_entropy = ent.mean(avg, skipna=False) if avg else ent
-    lo = head_entropy.min([head_dim], skipna=False)
-    hi = head_entropy.max([head_dim], skipna=False)
-    attrs = {"units": "nat", "input": ent.attrs["input"]}
+    per_head = head_entropy(attn, head_dim=head_dim, keep=keep, dim=dim, from_logits=from_logits)
+    lo = per_head.min([head_dim], skipna=False)
+    hi = per_head.max([head_dim], skipna=False)
+    attrs = {"units": "nat", "input": per_head.attrs["input"]}
     ds = xr.Dataset(
         {
-            "head_entropy": head_entropy.assign_attrs(
-                long_name="mean attention entropy per head",
-                averaged_dims=", ".join(map(str, avg)),
-                **attrs,
-            ),
-            "mean_entropy": head_entropy.mean([head_dim], skipna=False).assign_attrs(
+            "head_entropy": per_head,
+            "mean_entropy": per_head.mean([head_dim], skipna=False).assign_attrs(
                 long_name="mean of head entropies", **attrs
             ),
             "min_entropy": lo.assign_attrs(long_name="lowest head entropy", **attrs),
             "max_entropy": hi.assign_attrs(long_name="highest head entropy", **attrs),
-            "entropy_std": head_entropy.std([head_dim], skipna=False, ddof=0).assign_attrs(
+            "entropy_std": per_head.std([head_dim], skipna=False, ddof=0).assign_attrs(
                 long_name="population std of head entropies", **attrs
             ),
             "specialization_index": (hi - lo).assign_attrs(
