@@ -392,15 +392,12 @@ def chunk_reduce(x: Any, func: Any, drop_axes: Sequence[int], dtype: npt.DTypeLi
 def _reduce_chunk(
     checked: CheckedArray, coords: tuple[int, ...], rows: slice, func: Any
 ) -> np.ndarray:
-    block = checked._read_chunk(coords) if checked._fast else None
-    if block is None:
-        arr = checked.array
-        sel = tuple(
-            slice(i * c, min((i + 1) * c, n))
-            for i, c, n in zip(coords, arr.chunks, arr.shape, strict=True)
-        )
-        block = checked[sel]
-    return func(block[rows])
+    arr = checked.array
+    whole_chunk = tuple(
+        slice(i * c, min((i + 1) * c, n))
+        for i, c, n in zip(coords, arr.chunks, arr.shape, strict=True)
+    )
+    return func(checked[whole_chunk][rows])  # CheckedArray takes its fast path where it can
 
 
 class CheckedArray:

@@ -627,7 +627,7 @@ class Recorder:
         outs: dict[str, Any] = {}
         attn: dict[str, Any] = {}
         if snap or ring or not from_batch:
-            full = snap or ring or not self.eval_probe or from_batch
+            full = snap or ring or not self.eval_probe
             outs, attn = self._probe(
                 want_attention=self.attention and (snap or ring),
                 samples=None if full else self.metric_samples,
