@@ -5,6 +5,7 @@ Usage::
     python benchmarks/run.py            # full sizes (minutes on 2 cores)
     python benchmarks/run.py --quick    # small sizes (smoke test)
     python benchmarks/run.py --only out_of_core store_queries
+    python benchmarks/run.py --only out_of_core --merge   # replace just that section
 
 Every ``benchmarks/bench_*.py`` module exposing ``run(quick: bool) -> list[dict]``
 is discovered and run in its own subprocess, so peak memory is measured per
@@ -166,6 +167,8 @@ def markdown(results: dict[str, Any]) -> str:
     header = "| case | ndt_store | baseline | unit | ratio | target | met | peak MB | baseline is |"
     for bench, info in results["benchmarks"].items():
         lines += [f"## {bench}", ""]
+        if info.get("date", results["date"]) != results["date"]:
+            lines += [f"(from the run of {info['date']})", ""]
         if "error" in info:
             lines += [f"FAILED: `{info['error']}`", ""]
             continue
@@ -187,11 +190,30 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _previous(path: Path, quick: bool) -> dict[str, Any]:
+    """The benchmarks of an earlier results file, each with the date of its run."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    if old.get("quick") != quick:
+        raise SystemExit(
+            f"--merge: {path} holds {'quick' if old.get('quick') else 'full'}-size results; "
+            f"rerun with{'out' if not old.get('quick') else ''} --quick or without --merge"
+        )
+    return {name: {"date": old["date"], **info} for name, info in old["benchmarks"].items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes")
     parser.add_argument("--only", nargs="*", help="benchmark names (e.g. out_of_core)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other benchmarks of the existing results (same sizes), each labelled "
+        "with the date of its own run, and replace only those run now",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -204,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "benchmarks": {},
     }
+    if args.merge:
+        results["benchmarks"] = _previous(args.out / "results.json", args.quick)
     failed = 0
     for path in discover(args.only):
         bench = path.stem.removeprefix("bench_")
@@ -218,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["benchmarks"][bench] = {"error": f"exit status {proc.returncode}"}
                 continue
             info = json.loads(out.read_text())
+        info["date"] = results["date"]
         if "rows" in info:
             info["rows"] = [finish_row(r, bench, info["peak_rss_mb"]) for r in info["rows"]]
             for r in info["rows"]:
