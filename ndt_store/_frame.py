@@ -315,7 +315,9 @@ class Frame:
             )
         checked = CheckedArray(arr)
         token = tokenize(str(arr.store_path), arr.shape, self.rows, self._info.get("columns"))
-        whole = da.from_array(checked, chunks=arr.chunks, name=f"ndt-{name}-{token}")
+        whole = da.from_array(
+            checked, chunks=arr.chunks, name=f"ndt-{name}-{token}", meta=checked.meta()
+        )
         _remember(whole, checked, 0)
         return take_rows(whole, 0, self.rows)
 
@@ -434,6 +436,10 @@ class CheckedArray:
             else 0
         )
         self._advised: set[int] = set()
+
+    def meta(self) -> np.ndarray:
+        """An empty array of the right type and dims (dask's ``meta``, without a read)."""
+        return np.empty((0,) * self.ndim, dtype=self.dtype)
 
     def __getitem__(self, selection: Any) -> np.ndarray:
         from zarr.core.sync import sync

@@ -23,7 +23,12 @@ from ndt_store.errors import (
     NotFoundError,
     ReadOnlyError,
 )
-from ndt_store.testing import make_phase1_obj, tree_snapshot, write_phase1_json
+from ndt_store.testing import (
+    make_phase1_obj,
+    raise_if_computed,
+    tree_snapshot,
+    write_phase1_json,
+)
 
 
 def _rows(steps: list[int], layers: list[str], offset: float = 0.0) -> xr.Dataset:
@@ -407,3 +412,57 @@ def test_writer_lock_is_exclusive_within_a_process(store: ndt_store.Store) -> No
         with pytest.raises(ConflictError, match="being written by another process"):
             other.append_phase1("e", _rows([0], ["x"]))
     assert other.append_phase1("e", _rows([0], ["x"])) == 1
+
+
+def test_catalog_generation_is_opened_once_per_process(
+    filled: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ndt_store import _catalog
+
+    path, _ = filled
+    opened: list[str] = []
+    original = _catalog._open_arrays
+
+    def spy(cache, group, names):  # type: ignore[no-untyped-def]
+        opened.append(group)
+        return original(cache, group, names)
+
+    monkeypatch.setattr(_catalog, "_open_arrays", spy)
+    s = ndt_store.open_store(path)
+    first = s.measurements().load()
+    again = ndt_store.open_store(path, mode="r").measurements().load()  # same generation
+    assert len(opened) == 1
+    xr.testing.assert_identical(first, again)
+    with pytest.raises(ValueError, match="read-only"):
+        again[D.STEP].values[0] = -1  # the shared coordinate values cannot be changed
+    s.create_run("gamma", {"arch_name": "g"}, ["l9"])  # a new generation: opened afresh
+    s.append_phase1("gamma", _rows([1, 3], ["l9"]))
+    third = ndt_store.open_store(path, mode="r+").measurements()
+    assert len(opened) == 2 and opened[0] != opened[1]
+    assert third[D.EXPERIMENT].values.tolist() == ["alpha", "beta", "gamma"]
+    np.testing.assert_array_equal(third[D.STABLE_RANK].values, _catalog_reference(s)["sr"])
+
+
+def test_building_lazy_arrays_reads_no_chunk(
+    filled: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ndt_store._frame import CheckedArray
+
+    path, _ = filled
+    s = ndt_store.open_store(path)
+    s.write_snapshot("alpha", 0, weights={"w": np.ones((3, 2))})
+    s.measurements()  # the catalog is written outside the count
+    reads: list[object] = []
+    original = CheckedArray.__getitem__
+
+    def spy(self, selection):  # type: ignore[no-untyped-def]
+        reads.append(selection)
+        return original(self, selection)
+
+    monkeypatch.setattr(CheckedArray, "__getitem__", spy)
+    with raise_if_computed():
+        ds = ndt_store.open_store(path, mode="r").measurements()
+        w = s.weights("alpha")
+    assert reads == []  # dask's meta comes without a read
+    np.testing.assert_array_equal(np.asarray(w["w"].values)[0], np.ones((3, 2)))
+    assert np.isfinite(ds[D.STABLE_RANK].values).any() and reads
