@@ -8,7 +8,8 @@ Measures, in one process and interleaved (the machine is shared and noisy):
   the default and the study's method) — the overhead target is <= 10 % — and,
   for comparison, from an extra forward on the fixed probe batch
   (``metrics_from="probe"``, 64 and all 128 probe samples);
-* the same with jump-triggered snapshots on (ring buffer of host copies);
+* the same with jump-triggered snapshots on (a copy of the model state kept at every
+  measurement; the snapshots of a jump are made from it when one is found);
 * one full snapshot (state dict + probe activations + attention): time on the
   training thread to take it, and time to write it to the store.
 
@@ -122,7 +123,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         ("phase1", "Phase 1 every 5 steps from the training forward (the default)"),
         ("phase1_64", "Phase 1 every 5 steps from an extra probe forward (64 samples)"),
         ("phase1_probe", "Phase 1 every 5 steps from an extra probe forward (all 128)"),
-        ("jumps", "Phase 1 + jump-trigger ring buffer (a snapshot copied every 5 steps)"),
+        ("jumps", "Phase 1 + jump-triggered snapshots (model state kept every 5 steps)"),
     ):
         rows.append({
             "case": f"quickstart transformer training step with the Recorder: {label}",

@@ -420,6 +420,52 @@ def test_jump_triggered_snapshots_in_a_run(store) -> None:
     assert float(sr.sel(step=55)) > 3 and float(sr.sel(step=60)) == pytest.approx(1.0)
 
 
+def test_jump_snapshots_are_made_from_the_kept_state(store) -> None:
+    """Jump snapshots come from the state kept at their step (one probe forward each,
+    made later on the training thread); the model trains on unchanged in between."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8, bias=False), nn.ReLU(), nn.Linear(8, 4, bias=False))
+    model[0].weight.data = torch.eye(8)
+    x = torch.randn(64, 8)
+    data = torch.randn(32, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    forwards = []
+    model.register_forward_hook(lambda m, i, o: forwards.append(torch.is_grad_enabled()))
+    policy = JumpPolicy(window=8, before=1, after=2, max_count=3)
+    with Recorder(store, "jd", model, probe=x, every=5, jump_snapshots=policy) as rec:
+        probes_at_entry = forwards.count(False)
+        for step in range(120):
+            if step == 60:  # the planted jump: layer 0 made rank one
+                with torch.no_grad():
+                    model[0].weight.copy_(torch.ones(8, 8) * 0.3)
+            opt.zero_grad()
+            model(data).pow(2).mean().backward()
+            opt.step()
+            state = {k: v.clone() for k, v in model.state_dict().items()}
+            rec.step(step, loss=1.0)
+            for k, v in model.state_dict().items():  # a deferred snapshot put it back
+                assert torch.equal(v, state[k]), (step, k)
+        final = {k: v.clone() for k, v in model.state_dict().items()}
+    for k, v in model.state_dict().items():  # the snapshots made at exit put it back too
+        assert torch.equal(v, final[k])
+    steps = store.snapshot_steps("jd")
+    assert steps == [55, 60, 70]
+    # no probe forward at the 24 measurements: only the entry's and one per snapshot
+    assert forwards.count(False) - probes_at_entry == len(steps)
+    weights = store.weights("jd")
+    acts = store.activations("jd")
+    for s in steps:  # activations = the probe through the weights stored for that step
+        w0 = weights["0.weight"].sel(step=s).values
+        w2 = weights["2.weight"].sel(step=s).values
+        h = x.numpy() @ w0.T
+        np.testing.assert_allclose(acts["0"].sel(step=s).values, h, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            acts["2"].sel(step=s).values, np.maximum(h, 0) @ w2.T, rtol=1e-5, atol=1e-6
+        )
+    assert np.linalg.matrix_rank(weights["0.weight"].sel(step=60).values, tol=1e-3) == 1
+    assert np.linalg.matrix_rank(weights["0.weight"].sel(step=55).values) == 8
+
+
 def test_writer_error_reaches_the_training_thread(store, monkeypatch) -> None:
     model = nn.Sequential(nn.Linear(3, 2))
     x = torch.randn(4, 3)

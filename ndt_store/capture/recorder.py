@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import platform
+import queue
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
@@ -27,7 +28,12 @@ from ndt_store.capture.hooks import (
     select_layers,
 )
 from ndt_store.capture.metrics import gram_singular_values
-from ndt_store.capture.trigger import JumpPolicy, JumpSnapshots
+from ndt_store.capture.trigger import (
+    DeferredSnapshot,
+    JumpPolicy,
+    JumpSnapshots,
+    snapshot_nbytes,
+)
 from ndt_store.capture.writer import (
     BackgroundWriter,
     HostTensor,
@@ -134,8 +140,12 @@ class Recorder:
     jump_snapshots
         A :class:`~ndt_store.capture.trigger.JumpPolicy` (or ``True`` for the
         default one) to store before/during/after snapshots around jumps
-        detected online; a ring buffer of host copies is then kept at every
-        measurement step.
+        detected online. A copy of the model's state is kept at every measurement
+        step; when a jump is found (in the writer thread, a few measurements
+        later), the snapshots it wants are made on the training thread at the next
+        :meth:`step` (or :meth:`flush`, or the end of the ``with`` block) by
+        loading the kept state for one probe forward and putting the current
+        state back: no probe forward runs at measurements without a jump.
     arch_name, dataset, total_steps, seed, metadata
         Run metadata (``num_steps`` is ``total_steps``); ``metadata`` is merged in.
     metrics_from
@@ -238,6 +248,9 @@ class Recorder:
         self._batch_hooks: ExitStack | None = None
         self._batch_outs: dict[str, Any] = {}
         self._batch_fallbacks = 0
+        self._deferred: queue.SimpleQueue[tuple[DeferredSnapshot, dict[str, Any]]]
+        self._deferred = queue.SimpleQueue()
+        self._snapshot_bytes = 0
 
     # --------------------------------------------------------------- set-up
     def _split_probe(self) -> tuple[Any, np.ndarray | None]:
@@ -296,6 +309,8 @@ class Recorder:
         self._modules = {n: self._modules[n] for n in self.layers}
         self.attention_layers = list(attn)
         self.estimate = self._estimate(outs, attn)
+        if self.jump_policy:  # what a deferred jump snapshot stands for, for the budget
+            self._snapshot_bytes = snapshot_nbytes(self._snapshot_payload(outs, attn))
 
         self._stack.enter_context(self.store.writer(self.experiment))
         self.store.create_run(self.experiment, self._metadata(), self.layers)
@@ -595,6 +610,7 @@ class Recorder:
             )
         batch = self._disarm() if self.metrics_from == "batch" else {}
         try:
+            self._make_deferred()
             return self._record(step, loss, grad_norm, epoch, batch)
         finally:
             if self.metrics_from == "batch" and (step + 1) % self.every == 0:
@@ -626,16 +642,16 @@ class Recorder:
                 )
         outs: dict[str, Any] = {}
         attn: dict[str, Any] = {}
-        if snap or ring or not from_batch:
-            full = snap or ring or not self.eval_probe
+        if snap or not from_batch:
+            full = snap or not self.eval_probe
             outs, attn = self._probe(
-                want_attention=self.attention and (snap or ring),
+                want_attention=self.attention and snap,
                 samples=None if full else self.metric_samples,
             )
-        payload = self._snapshot_payload(outs, attn) if (snap or ring) else None
         if snap:
-            assert payload is not None
+            payload = self._snapshot_payload(outs, attn)
             self._writer.put(PendingSnapshot(step, payload, {"trigger": "scheduled"}))
+        kept = DeferredSnapshot(step, self._state_copy(), self._snapshot_bytes) if ring else None
         if measure:
             k = self.metric_samples
             acts = [batch[n] if from_batch else outs[n][:k] for n in self.layers]
@@ -651,7 +667,7 @@ class Recorder:
                     loss=_host_scalar(loss),
                     grad_norm=_host_scalar(grad_norm),
                     epoch=-1 if epoch is None else int(epoch),
-                    snapshot=payload if ring else None,
+                    snapshot=kept,
                     # batch outputs are private copies already; probe outputs are shared
                     # with the snapshot payload
                     activations=[HostTensor(a) if from_batch else to_host(a) for a in acts]
@@ -672,23 +688,56 @@ class Recorder:
             )
         )
 
-    def _on_record(
-        self, step: int, rows: dict[str, np.ndarray], snap: Mapping[str, Any] | None
-    ) -> None:
+    def _on_record(self, step: int, rows: dict[str, np.ndarray], snap: Any) -> None:
         assert self.jumps is not None
         if snap is None:
             return
         sr = {layer: float(row[0]) for layer, row in rows.items()}
         self.jumps.observe(step, sr, snap)
 
-    def _write_triggered(self, step: int, snap: Mapping[str, Any], info: dict[str, Any]) -> None:
+    def _write_triggered(self, step: int, snap: Any, info: dict[str, Any]) -> None:
+        # writer thread: a deferred snapshot is made on the training thread (it needs
+        # the model); anything else is written now
+        if isinstance(snap, DeferredSnapshot):
+            self._deferred.put((snap, info))
+            return
         assert self._writer is not None
         self._writer.write_snapshot_now(step, snap, info)
+
+    def _state_copy(self) -> dict[str, Any]:
+        """A copy of the model's state (on its devices), for a deferred snapshot."""
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _make_deferred(self) -> int:
+        """Make the jump snapshots the writer asked for since the last call (training
+        thread): load each kept state, one probe forward, put the current state back.
+        Returns how many were made."""
+        made = 0
+        while True:
+            try:
+                kept, info = self._deferred.get_nowait()
+            except queue.Empty:
+                return made
+            torch = require("torch", "torch")
+            now = self._state_copy()
+            try:
+                with torch.no_grad():
+                    self.model.load_state_dict(kept.state)
+                outs, attn = self._probe(want_attention=self.attention)
+                payload = self._snapshot_payload(outs, attn)  # the kept weights
+            finally:
+                with torch.no_grad():
+                    self.model.load_state_dict(now)
+            assert self._writer is not None
+            self._writer.put(PendingSnapshot(kept.step, payload, info))
+            made += 1
 
     def flush(self) -> None:
         """Block until everything recorded so far is committed to the store."""
         if self._writer is not None:
             self._writer.flush()
+            while self._make_deferred():  # jump snapshots found by that flush
+                self._writer.flush()
 
     def set_result(self, **fields: Any) -> None:
         """Metadata to store when the run ends (e.g. ``final_accuracy=0.97``)."""
@@ -701,6 +750,8 @@ class Recorder:
             writer_error: BaseException | None = None
             if self._writer is not None:
                 try:
+                    if self.jumps is not None:
+                        self.flush()  # jumps found in the last records get their snapshots
                     self._writer.close()
                 except BaseException as err:
                     writer_error = err

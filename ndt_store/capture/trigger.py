@@ -168,8 +168,38 @@ class Budget:
         self.used_count += int(count)
 
 
-def snapshot_nbytes(snapshot: Mapping[str, Any]) -> int:
-    """Bytes of every array in a (possibly nested) mapping of arrays."""
+@dataclass(frozen=True)
+class DeferredSnapshot:
+    """A snapshot made only if it is emitted: the model state at ``step``, kept aside.
+
+    The :class:`~ndt_store.capture.Recorder` feeds these to :class:`JumpSnapshots`
+    instead of full snapshots: a copy of the weights costs a memory copy, while
+    activations and attention would cost a probe forward at every measurement. An
+    emitted one is turned into a full snapshot by loading ``state`` back into the
+    model for one probe forward (on the training thread).
+
+    Parameters
+    ----------
+    step
+        Training step the state belongs to.
+    state
+        The model's ``state_dict()`` at ``step`` (copied tensors).
+    nbytes
+        Size of the full snapshot it stands for (what the budget counts).
+    """
+
+    step: int
+    state: Mapping[str, Any]
+    nbytes: int
+
+
+def snapshot_nbytes(snapshot: Mapping[str, Any] | DeferredSnapshot) -> int:
+    """Bytes of every array in a (possibly nested) mapping of arrays.
+
+    A :class:`DeferredSnapshot` counts as the full snapshot it stands for.
+    """
+    if isinstance(snapshot, DeferredSnapshot):
+        return int(snapshot.nbytes)
     total = 0
     for value in snapshot.values():
         if isinstance(value, Mapping):
@@ -231,7 +261,7 @@ class JumpSnapshots:
 
     def __init__(
         self,
-        write: Callable[[int, Mapping[str, Any], dict[str, Any]], None],
+        write: Callable[[int, Any, dict[str, Any]], None],
         *,
         trigger: JumpTrigger | None = None,
         budget: Budget | None = None,
@@ -245,7 +275,7 @@ class JumpSnapshots:
         self.budget = budget or Budget()
         self.before = int(before)
         self.after = int(after)
-        self._ring: deque[tuple[int, Mapping[str, Any]]] = deque(maxlen=self.before + 1)
+        self._ring: deque[tuple[int, Any]] = deque(maxlen=self.before + 1)
         self._pending: _Event | None = None
         self._count = 0
         self._emitted: set[int] = set()
@@ -264,7 +294,7 @@ class JumpSnapshots:
         """One step stored elsewhere (callback form of :meth:`mark_stored`)."""
         self._emitted.add(int(step))
 
-    def _emit(self, step: int, snap: Mapping[str, Any], role: str, ev: _Event) -> None:
+    def _emit(self, step: int, snap: Any, role: str, ev: _Event) -> None:
         if step in self._emitted or ev.reserved <= 0:
             return
         nbytes = snapshot_nbytes(snap)
@@ -283,9 +313,15 @@ class JumpSnapshots:
         ev.reserved = 0
 
     def observe(
-        self, step: int, stable_rank: Mapping[str, float], snapshot: Mapping[str, Any]
+        self,
+        step: int,
+        stable_rank: Mapping[str, float],
+        snapshot: Mapping[str, Any] | DeferredSnapshot,
     ) -> Jump | None:
         """Feed one record (``{layer: stable rank}``) and its snapshot; emit as needed.
+
+        ``snapshot`` is a mapping of arrays or a :class:`DeferredSnapshot`; it is
+        passed to ``write`` as it is.
 
         Returns the :class:`Jump` that fired at this record, if any.
         """
@@ -362,9 +398,7 @@ class JumpPolicy:
     max_bytes: int | None = None
     max_count: int | None = 12
 
-    def build(
-        self, write: Callable[[int, Mapping[str, Any], dict[str, Any]], None]
-    ) -> JumpSnapshots:
+    def build(self, write: Callable[[int, Any, dict[str, Any]], None]) -> JumpSnapshots:
         """A :class:`JumpSnapshots` with these settings writing through ``write``."""
         return JumpSnapshots(
             write,

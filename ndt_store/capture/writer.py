@@ -147,8 +147,9 @@ class PendingRecord:
     loss: HostTensor | float | None = None
     grad_norm: HostTensor | float | None = None
     epoch: int = -1
-    snapshot: Mapping[str, Any] | None = None
-    """Optional full snapshot for the jump trigger's ring buffer."""
+    snapshot: Any = None
+    """Optional snapshot for the jump trigger's ring buffer (host tensors, or a
+    :class:`~ndt_store.capture.trigger.DeferredSnapshot`)."""
     activations: Sequence[HostTensor] | None = None
     """Per-layer probe activations (CPU models): their spectra are computed here, on
     the writer thread, so the training step only pays for the probe forward pass."""
@@ -214,8 +215,7 @@ class BackgroundWriter:
         metric_batch: int = 8,
         metric_batch_bytes: int = 32 * 2**20,
         max_queue: int = 8,
-        on_record: Callable[[int, dict[str, np.ndarray], Mapping[str, Any] | None], None]
-        | None = None,
+        on_record: Callable[[int, dict[str, np.ndarray], Any], None] | None = None,
         on_snapshot: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
@@ -349,7 +349,9 @@ class BackgroundWriter:
             )
             if self.on_record is not None:
                 rows = {layer: m[i] for i, layer in enumerate(self.layers)}
-                snap = _numpy(rec.snapshot) if rec.snapshot is not None else None
+                snap = rec.snapshot
+                if isinstance(snap, Mapping):  # host tensors; a deferred one goes as it is
+                    snap = _numpy(snap)
                 self.on_record(rec.step, rows, snap)
             if len(self._buffer) >= self.flush_every:
                 self._append()
