@@ -9,7 +9,8 @@ Measures, in one process and interleaved (the machine is shared and noisy):
   for comparison, from an extra forward on the fixed probe batch
   (``metrics_from="probe"``, 64 and all 128 probe samples);
 * the same with jump-triggered snapshots on (a copy of the model state kept at every
-  measurement; the snapshots of a jump are made from it when one is found);
+  measurement; the snapshots of a jump are made from it when one is found), and with
+  a zero snapshot budget (what the state copies and the online rule cost alone);
 * one full snapshot (state dict + probe activations + attention): time on the
   training thread to take it, and time to write it to the store.
 
@@ -64,9 +65,9 @@ def _loop(mode: str, steps: int, data: dict, root: Path, tag: str) -> float:
     if mode == "plain":
         return train(None)
     store = ndt_store.open_store(root / f"{tag}.zarr")
-    jumps = JumpPolicy(max_count=9) if mode == "jumps" else None
+    jumps = {"jumps": JumpPolicy(max_count=9), "jumps_nobudget": JumpPolicy(max_count=0)}.get(mode)
     k = 64 if mode in ("phase1_64", "phase1") else None
-    source = "batch" if mode in ("phase1", "jumps") else "probe"
+    source = "batch" if mode in ("phase1", "jumps", "jumps_nobudget") else "probe"
     with Recorder(
         store,
         "bench",
@@ -124,6 +125,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
         ("phase1_64", "Phase 1 every 5 steps from an extra probe forward (64 samples)"),
         ("phase1_probe", "Phase 1 every 5 steps from an extra probe forward (all 128)"),
         ("jumps", "Phase 1 + jump-triggered snapshots (model state kept every 5 steps)"),
+        (
+            "jumps_nobudget",
+            "the same with a zero snapshot budget (state copies and the online jump rule only)",
+        ),
     ):
         rows.append({
             "case": f"quickstart transformer training step with the Recorder: {label}",
@@ -158,6 +163,7 @@ def measure(steps: int, repeats: int, threads: int, *, write: bool) -> dict[str,
         "phase1_64": [],
         "phase1_probe": [],
         "jumps": [],
+        "jumps_nobudget": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -173,7 +179,8 @@ def measure(steps: int, repeats: int, threads: int, *, write: bool) -> dict[str,
         ("+ Phase 1, training forward", per_step["phase1"]),
         ("+ Phase 1, probe (64)", per_step["phase1_64"]),
         ("+ Phase 1, probe (128)", per_step["phase1_probe"]),
-        ("+ jump ring buffer", per_step["jumps"]),
+        ("+ jump snapshots", per_step["jumps"]),
+        ("+ jumps, zero budget", per_step["jumps_nobudget"]),
     ]
     rows = [(name, ms, ms / per_step["plain"] - 1) for name, ms in loops]
     print(
@@ -203,6 +210,7 @@ def measure(steps: int, repeats: int, threads: int, *, write: bool) -> dict[str,
         "overhead_phase1_probe64": per_step["phase1_64"] / per_step["plain"] - 1,
         "overhead_phase1_probe128": per_step["phase1_probe"] / per_step["plain"] - 1,
         "overhead_jumps": per_step["jumps"] / per_step["plain"] - 1,
+        "overhead_jumps_nobudget": per_step["jumps_nobudget"] / per_step["plain"] - 1,
         "snapshot": snap,
         "command": "python benchmarks/bench_capture.py "
         f"--steps {args.steps} --repeats {args.repeats} --threads {args.threads}",
