@@ -140,9 +140,9 @@ class Recorder:
     jump_snapshots
         A :class:`~ndt_store.capture.trigger.JumpPolicy` (or ``True`` for the
         default one) to store before/during/after snapshots around jumps
-        detected online. A copy of the model's state is kept at every measurement
-        step; when a jump is found (in the writer thread, a few measurements
-        later), the snapshots it wants are made on the training thread at the next
+        detected online. A copy of the model's state is kept (in host memory) at
+        every measurement step; when a jump is found (in the writer thread, a few
+        measurements later), the snapshots it wants are made on the training thread at the next
         :meth:`step` (or :meth:`flush`, or the end of the ``with`` block) by
         loading the kept state for one probe forward and putting the current
         state back: no probe forward runs at measurements without a jump.
@@ -651,7 +651,7 @@ class Recorder:
         if snap:
             payload = self._snapshot_payload(outs, attn)
             self._writer.put(PendingSnapshot(step, payload, {"trigger": "scheduled"}))
-        kept = DeferredSnapshot(step, self._state_copy(), self._snapshot_bytes) if ring else None
+        kept = DeferredSnapshot(step, self._kept_state(), self._snapshot_bytes) if ring else None
         if measure:
             k = self.metric_samples
             acts = [batch[n] if from_batch else outs[n][:k] for n in self.layers]
@@ -705,8 +705,13 @@ class Recorder:
         self._writer.write_snapshot_now(step, snap, info)
 
     def _state_copy(self) -> dict[str, Any]:
-        """A copy of the model's state (on its devices), for a deferred snapshot."""
+        """A copy of the model's state on its devices (to put it back after a rewind)."""
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _kept_state(self) -> dict[str, HostTensor]:
+        """A host copy of the model's state for a deferred snapshot: kept in host memory
+        (asynchronously from a GPU), as several records may wait in the writer's queue."""
+        return {k: to_host(v) for k, v in self.model.state_dict().items()}
 
     def _make_deferred(self) -> int:
         """Make the jump snapshots the writer asked for since the last call (training
@@ -722,7 +727,7 @@ class Recorder:
             now = self._state_copy()
             try:
                 with torch.no_grad():
-                    self.model.load_state_dict(kept.state)
+                    self.model.load_state_dict({k: h.ready() for k, h in kept.state.items()})
                 outs, attn = self._probe(want_attention=self.attention)
                 payload = self._snapshot_payload(outs, attn)  # the kept weights
             finally:

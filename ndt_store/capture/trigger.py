@@ -183,7 +183,7 @@ class DeferredSnapshot:
     step
         Training step the state belongs to.
     state
-        The model's ``state_dict()`` at ``step`` (copied tensors).
+        The model's ``state_dict()`` at ``step`` (host copies of its tensors).
     nbytes
         Size of the full snapshot it stands for (what the budget counts).
     """

@@ -53,12 +53,16 @@ class HostTensor:
     tensor: Any
     event: Any = None
 
-    def numpy(self) -> np.ndarray:
-        """Wait for the copy (if any) and return a numpy array."""
+    def ready(self) -> Any:
+        """Wait for the copy (if any) and return the host ``torch.Tensor``."""
         if self.event is not None:
             self.event.synchronize()
             self.event = None
-        t = self.tensor
+        return self.tensor
+
+    def numpy(self) -> np.ndarray:
+        """Wait for the copy (if any) and return a numpy array."""
+        t = self.ready()
         if t.dtype.is_floating_point and t.dtype.itemsize < 4:
             t = t.float()
         return t.numpy()
