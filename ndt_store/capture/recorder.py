@@ -610,7 +610,8 @@ class Recorder:
             )
         batch = self._disarm() if self.metrics_from == "batch" else {}
         try:
-            self._make_deferred()
+            if self.jumps is not None:
+                self._make_deferred()
             return self._record(step, loss, grad_norm, epoch, batch)
         finally:
             if self.metrics_from == "batch" and (step + 1) % self.every == 0:
