@@ -470,7 +470,7 @@ class CheckedArray:
         key = arr.metadata.encode_chunk_key(coords)
         if self._ahead:
             self._read_ahead(coords)
-        if self._root is not None and len(getattr(arr.metadata, "codecs", ())) == 1:
+        if self._root is not None and _uncompressed(arr):
             out = _read_raw_chunk(arr, key, os.path.join(self._root, key))
         else:
             out = decode_chunk(arr, key, _fetch(arr, key))
@@ -523,12 +523,12 @@ def _read_raw_chunk(arr: Any, key: str, filename: str) -> np.ndarray:
     out = np.empty(arr.chunks, dtype=arr.dtype)
     try:
         with open(filename, "rb", buffering=0) as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size != out.nbytes:
+            try:
+                _check_raw_size(os.fstat(fh.fileno()).st_size, out.nbytes)
+            except ValueError as exc:
                 raise CorruptStoreError(
-                    f"{arr.store_path}: unreadable chunk {key!r} "
-                    f"(ValueError: {size} bytes stored, {out.nbytes} expected)"
-                )
+                    f"{arr.store_path}: unreadable chunk {key!r} (ValueError: {exc})"
+                ) from None
             view = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
             got = 0
             while got < out.nbytes:
@@ -557,9 +557,8 @@ def decode_chunk(arr: Any, key: str, data: bytes | None) -> np.ndarray:
         raise CorruptStoreError(f"{arr.store_path}: chunk {key!r} is missing")
     out = np.empty(arr.chunks, dtype=arr.dtype)
     try:
-        if len(getattr(arr.metadata, "codecs", ())) == 1:  # stored uncompressed
-            if len(data) != out.nbytes:
-                raise ValueError(f"{len(data)} bytes stored, {out.nbytes} expected")
+        if _uncompressed(arr):
+            _check_raw_size(len(data), out.nbytes)
             out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
         else:
             _check_blosc_header(data, out.nbytes)
@@ -640,6 +639,35 @@ def _fetch(arr: Any, key: str) -> bytes | None:
     return None if buf is None else buf.to_bytes()
 
 
+def _uncompressed(arr: Any) -> bool:
+    """Whether a fast-layout array stores its chunks raw (the bytes codec alone)."""
+    return len(getattr(arr.metadata, "codecs", ())) == 1
+
+
+def _check_raw_size(stored: int, nbytes: int) -> None:
+    """Raise ``ValueError`` unless an uncompressed chunk of ``nbytes`` is ``stored`` bytes."""
+    if stored != nbytes:
+        raise ValueError(f"{stored} bytes stored, {nbytes} expected")
+
+
+def stored_chunk_problem(arr: Any, data: bytes) -> str | None:
+    """Why ``data`` is not one whole stored chunk of ``arr`` (``None`` when it is).
+
+    A Blosc chunk must be one whole Blosc frame decoding to the chunk's size, an
+    uncompressed one exactly the chunk's size; other codecs are not checked here.
+    """
+    codecs: tuple[Any, ...] = tuple(getattr(arr.metadata, "codecs", ()))
+    nbytes = int(np.prod(arr.chunks, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
+    try:
+        if len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
+            _check_blosc_header(data, nbytes)
+        elif len(codecs) == 1:
+            _check_raw_size(len(data), nbytes)
+    except ValueError as exc:
+        return f"is damaged ({exc})"
+    return None
+
+
 def _check_blosc_header(data: bytes, nbytes: int) -> None:
     """Raise ``ValueError`` unless ``data`` is one whole Blosc frame of ``nbytes``.
 
@@ -678,33 +706,18 @@ def _chunk_keys(arr: Any, bounds: Sequence[tuple[int, int | None]]) -> list[str]
 async def chunk_problems(arr: Any, keys: Sequence[str]) -> list[tuple[str, str]]:
     """``(key, what)`` for every chunk of ``keys`` that is missing or not whole.
 
-    A Blosc chunk must be one whole Blosc frame decoding to the chunk's size, an
-    uncompressed one exactly the chunk's size: a truncated chunk is caught here,
-    not left to a decoder that may read past its buffer.
+    Each chunk is fetched and checked by :func:`stored_chunk_problem`: a truncated
+    chunk is caught here, not left to a decoder that may read past its buffer.
     """
 
     from zarr.core.buffer import default_buffer_prototype
 
     store, path = arr.store_path.store, arr.store_path.path
-    codecs: tuple[Any, ...] = tuple(getattr(arr.metadata, "codecs", ()))
-    blosc = len(codecs) == 2 and isinstance(codecs[1], BloscCodec)
-    raw = len(codecs) == 1
-    nbytes = int(np.prod(arr.chunks, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
     proto = default_buffer_prototype()
 
     async def one(key: str) -> str | None:
         buf = await store.get(f"{path}/{key}" if path else key, prototype=proto)
-        if buf is None:
-            return "is missing"
-        data = buf.to_bytes()
-        try:
-            if blosc:
-                _check_blosc_header(data, nbytes)
-            elif raw and len(data) != nbytes:
-                raise ValueError(f"{len(data)} bytes stored, {nbytes} expected")
-        except ValueError as exc:
-            return f"is damaged ({exc})"
-        return None
+        return "is missing" if buf is None else stored_chunk_problem(arr, buf.to_bytes())
 
     found = await gather_all(*(one(k) for k in keys))
     return [(key, what) for key, what in zip(keys, found, strict=True) if what is not None]

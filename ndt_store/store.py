@@ -33,7 +33,14 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ndt_store import _dims as D
-from ndt_store._frame import FRAME_ATTR, Frame, child_groups, gather_all, take_rows
+from ndt_store._frame import (
+    FRAME_ATTR,
+    Frame,
+    child_groups,
+    choose_compressors,
+    gather_all,
+    take_rows,
+)
 from ndt_store._location import local_path, make_zarr_store
 from ndt_store._lock import local_lock
 from ndt_store._names import validate_name
@@ -602,8 +609,6 @@ class Store:
                 extra[D.PROBE_HASH] = probe_hash
             if labels is not None and D.LABEL not in frame.static:
                 frame.add_static(D.LABEL, np.asarray(labels), (D.SAMPLE,))
-            from ndt_store._frame import choose_compressors
-
             # attention that does not compress (dense softmax) is stored raw: decoding
             # it would cost CPU on every read for ~5% of space (docs/data-model.md)
             codecs = {
