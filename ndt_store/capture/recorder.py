@@ -669,11 +669,9 @@ class Recorder:
                     grad_norm=_host_scalar(grad_norm),
                     epoch=-1 if epoch is None else int(epoch),
                     snapshot=kept,
-                    # batch outputs are private copies already; probe outputs are shared
-                    # with the snapshot payload
-                    activations=[HostTensor(a) if from_batch else to_host(a) for a in acts]
-                    if on_cpu
-                    else None,
+                    # batch and probe outputs are private copies already (the snapshot
+                    # payload takes its own)
+                    activations=[HostTensor(a) for a in acts] if on_cpu else None,
                 )
             )
         return True
@@ -696,14 +694,9 @@ class Recorder:
         sr = {layer: float(row[0]) for layer, row in rows.items()}
         self.jumps.observe(step, sr, snap)
 
-    def _write_triggered(self, step: int, snap: Any, info: dict[str, Any]) -> None:
-        # writer thread: a deferred snapshot is made on the training thread (it needs
-        # the model); anything else is written now
-        if isinstance(snap, DeferredSnapshot):
-            self._deferred.put((snap, info))
-            return
-        assert self._writer is not None
-        self._writer.write_snapshot_now(step, snap, info)
+    def _write_triggered(self, step: int, snap: DeferredSnapshot, info: dict[str, Any]) -> None:
+        # writer thread: the snapshot is made on the training thread (it needs the model)
+        self._deferred.put((snap, info))
 
     def _state_copy(self) -> dict[str, Any]:
         """A copy of the model's state on its devices (to put it back after a rewind)."""
@@ -716,27 +709,30 @@ class Recorder:
 
     def _make_deferred(self) -> int:
         """Make the jump snapshots the writer asked for since the last call (training
-        thread): load each kept state, one probe forward, put the current state back.
-        Returns how many were made."""
-        made = 0
+        thread): load each kept state for one probe forward, then put the current state
+        back. Returns how many were made."""
+        todo: list[tuple[DeferredSnapshot, dict[str, Any]]] = []
         while True:
             try:
-                kept, info = self._deferred.get_nowait()
+                todo.append(self._deferred.get_nowait())
             except queue.Empty:
-                return made
-            torch = require("torch", "torch")
-            now = self._state_copy()
-            try:
+                break
+        if not todo:
+            return 0
+        torch = require("torch", "torch")
+        assert self._writer is not None
+        now = self._state_copy()
+        try:
+            for kept, info in todo:
                 with torch.no_grad():
                     self.model.load_state_dict({k: h.ready() for k, h in kept.state.items()})
                 outs, attn = self._probe(want_attention=self.attention)
                 payload = self._snapshot_payload(outs, attn)  # the kept weights
-            finally:
-                with torch.no_grad():
-                    self.model.load_state_dict(now)
-            assert self._writer is not None
-            self._writer.put(PendingSnapshot(kept.step, payload, info))
-            made += 1
+                self._writer.put(PendingSnapshot(kept.step, payload, info))
+        finally:
+            with torch.no_grad():
+                self.model.load_state_dict(now)
+        return len(todo)
 
     def flush(self) -> None:
         """Block until everything recorded so far is committed to the store."""

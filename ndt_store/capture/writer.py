@@ -152,8 +152,8 @@ class PendingRecord:
     grad_norm: HostTensor | float | None = None
     epoch: int = -1
     snapshot: Any = None
-    """Optional snapshot for the jump trigger's ring buffer (host tensors, or a
-    :class:`~ndt_store.capture.trigger.DeferredSnapshot`)."""
+    """Optional snapshot for the jump trigger's ring buffer (a
+    :class:`~ndt_store.capture.trigger.DeferredSnapshot`), passed to ``on_record``."""
     activations: Sequence[HostTensor] | None = None
     """Per-layer probe activations (CPU models): their spectra are computed here, on
     the writer thread, so the training step only pays for the probe forward pass."""
@@ -200,8 +200,7 @@ class BackgroundWriter:
         Items the queue holds before :meth:`put` blocks.
     on_record
         Called in the writer thread with each record's step, ``{layer: metrics row}``
-        and its ring snapshot (numpy), e.g. by the jump trigger; may call
-        :meth:`write_snapshot_now`.
+        and the record's ``snapshot`` as it was put, e.g. by the jump trigger.
     on_snapshot
         Called in the writer thread with the step of each snapshot written.
     """
@@ -353,10 +352,7 @@ class BackgroundWriter:
             )
             if self.on_record is not None:
                 rows = {layer: m[i] for i, layer in enumerate(self.layers)}
-                snap = rec.snapshot
-                if isinstance(snap, Mapping):  # host tensors; a deferred one goes as it is
-                    snap = _numpy(snap)
-                self.on_record(rec.step, rows, snap)
+                self.on_record(rec.step, rows, rec.snapshot)
             if len(self._buffer) >= self.flush_every:
                 self._append()
 
