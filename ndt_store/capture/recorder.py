@@ -32,7 +32,6 @@ from ndt_store.capture.trigger import (
     DeferredSnapshot,
     JumpPolicy,
     JumpSnapshots,
-    snapshot_nbytes,
 )
 from ndt_store.capture.writer import (
     BackgroundWriter,
@@ -250,7 +249,6 @@ class Recorder:
         self._batch_fallbacks = 0
         self._deferred: queue.SimpleQueue[tuple[DeferredSnapshot, dict[str, Any]]]
         self._deferred = queue.SimpleQueue()
-        self._snapshot_bytes = 0
 
     # --------------------------------------------------------------- set-up
     def _split_probe(self) -> tuple[Any, np.ndarray | None]:
@@ -309,8 +307,6 @@ class Recorder:
         self._modules = {n: self._modules[n] for n in self.layers}
         self.attention_layers = list(attn)
         self.estimate = self._estimate(outs, attn)
-        if self.jump_policy:  # what a deferred jump snapshot stands for, for the budget
-            self._snapshot_bytes = snapshot_nbytes(self._snapshot_payload(outs, attn))
 
         self._stack.enter_context(self.store.writer(self.experiment))
         self.store.create_run(self.experiment, self._metadata(), self.layers)
@@ -652,7 +648,10 @@ class Recorder:
         if snap:
             payload = self._snapshot_payload(outs, attn)
             self._writer.put(PendingSnapshot(step, payload, {"trigger": "scheduled"}))
-        kept = DeferredSnapshot(step, self._kept_state(), self._snapshot_bytes) if ring else None
+        # the budget counts a deferred snapshot as the full snapshot it stands for
+        kept = (
+            DeferredSnapshot(step, self._kept_state(), self.estimate["snapshot"]) if ring else None
+        )
         if measure:
             k = self.metric_samples
             acts = [batch[n] if from_batch else outs[n][:k] for n in self.layers]
