@@ -11,6 +11,7 @@ Examples
 from __future__ import annotations
 
 from ndt_store._integrity import IntegrityReport, verify_store
+from ndt_store._version import __version__
 from ndt_store.capture import JumpPolicy, Recorder
 from ndt_store.cluster import use_scheduler
 from ndt_store.compare import compare_representations
@@ -61,8 +62,6 @@ from ndt_store.moments import CriticalMoment, identify_moments
 from ndt_store.report import write_report
 from ndt_store.store import Store, open_store
 from ndt_store.synth import synth_store
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConflictError",

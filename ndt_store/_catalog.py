@@ -16,13 +16,14 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import xarray as xr
 import zarr
 
 from ndt_store import _dims as D
+from ndt_store._entries import EXPERIMENTS, EntrySource
 from ndt_store._frame import (
     COMPRESSORS,
     CheckedArray,
@@ -30,9 +31,7 @@ from ndt_store._frame import (
     gather_all,
     read_frame_arrays,
 )
-
-if TYPE_CHECKING:
-    from ndt_store.store import Store
+from ndt_store._location import local_path
 
 CACHE = "_cache"
 CATALOG_ATTR = "phase1_catalog"
@@ -41,12 +40,12 @@ _CHUNK_BYTES = 4 << 20
 _VARS = (*D.PHASE1_METRICS, D.LOSS, D.GRAD_NORM, D.EPOCH)
 
 
-def _revisions(store: Store) -> dict[str, str]:
-    return {name: e["revision"] for name, e in store._list_entries().items()}
+def _revisions(store: EntrySource) -> dict[str, str]:
+    return {name: e["revision"] for name, e in store.entries().items()}
 
 
 def read_phase1_arrays(
-    store: Store, names: list[str], fields: tuple[str, ...]
+    store: EntrySource, names: list[str], fields: tuple[str, ...]
 ) -> dict[str, dict[str, np.ndarray]]:
     """Read ``fields`` of many experiments' Phase 1 frames concurrently (not cached)."""
     import asyncio
@@ -57,10 +56,9 @@ def read_phase1_arrays(
 
     from ndt_store._frame import FRAME_ATTR
     from ndt_store.errors import CorruptStoreError
-    from ndt_store.store import EXPERIMENTS
 
-    entries = store._list_entries()
-    base = store._root.store_path
+    entries = store.entries()
+    base = store.zarr_group.store_path
 
     async def one(name: str) -> dict[str, np.ndarray]:
         frame = base / f"{EXPERIMENTS}/{name}/{entries[name]['phase1']}"
@@ -86,7 +84,7 @@ def read_phase1_arrays(
     return dict(zip(names, sync(gather()), strict=True))
 
 
-def _layout(store: Store) -> tuple[list[str], np.ndarray, list[str]]:
+def _layout(store: EntrySource) -> tuple[list[str], np.ndarray, list[str]]:
     """Experiments, union of steps (sorted) and union of layers (first seen)."""
     names = store.experiments()
     found = read_phase1_arrays(store, names, (D.STEP, D.LAYER))
@@ -99,7 +97,7 @@ def _layout(store: Store) -> tuple[list[str], np.ndarray, list[str]]:
 
 
 def _fill_block(
-    store: Store, names: list[str], steps: np.ndarray, layer_index: dict[str, int]
+    store: EntrySource, names: list[str], steps: np.ndarray, layer_index: dict[str, int]
 ) -> dict[str, np.ndarray]:
     n_l = len(layer_index)
     block = {v: np.full((len(names), steps.size, n_l), np.nan) for v in D.PHASE1_METRICS}
@@ -123,7 +121,7 @@ def _fill_block(
     return block
 
 
-def _metadata_coords(store: Store, names: list[str]) -> dict[str, Any]:
+def _metadata_coords(store: EntrySource, names: list[str]) -> dict[str, Any]:
     coords: dict[str, Any] = {}
     metas = [store.metadata(n) for n in names]
     for field in D.METADATA_FIELDS:
@@ -147,7 +145,7 @@ def _block_size(n_steps: int, n_layers: int) -> int:
     return max(1, min(4096, _BLOCK_BYTES // per_exp))
 
 
-def _in_memory(store: Store) -> xr.Dataset:
+def _in_memory(store: EntrySource) -> xr.Dataset:
     import dask.array as da
 
     names, steps, layers = _layout(store)
@@ -162,7 +160,7 @@ def _in_memory(store: Store) -> xr.Dataset:
 
 
 def _assemble(
-    store: Store, names: list[str], steps: np.ndarray, layers: list[str], data: dict[str, Any]
+    store: EntrySource, names: list[str], steps: np.ndarray, layers: list[str], data: dict[str, Any]
 ) -> xr.Dataset:
     data_vars = {v: ((D.EXPERIMENT, D.STEP, D.LAYER), data[v]) for v in D.PHASE1_METRICS} | {
         v: ((D.EXPERIMENT, D.STEP), data[v]) for v in (D.LOSS, D.GRAD_NORM, D.EPOCH)
@@ -177,11 +175,11 @@ def _assemble(
     return xr.Dataset(data_vars, coords=coords, attrs={"source": store.location})
 
 
-def rebuild(store: Store) -> str:
+def rebuild(store: EntrySource) -> str:
     """Write a fresh catalog for the current experiments; returns its group name."""
     revisions = _revisions(store)
     names, steps, layers = _layout(store)
-    cache = store._root.require_group(CACHE)
+    cache = store.zarr_group.require_group(CACHE)
     name = f"phase1-{uuid.uuid4().hex[:12]}"
     grp = cache.create_group(name)
     n_e, n_s, n_l = len(names), steps.size, len(layers)
@@ -312,7 +310,7 @@ _GENERATIONS_LOCK = threading.Lock()
 
 
 def _open_generation(
-    store: Store, cache: zarr.Group, group_name: str
+    store: EntrySource, cache: zarr.Group, group_name: str
 ) -> tuple[dict[str, zarr.Array], dict[str, np.ndarray]]:
     """The opened arrays and coordinate values of one catalog generation.
 
@@ -322,7 +320,8 @@ def _open_generation(
     catalog again skips the metadata and coordinate reads. Freshness is still
     checked on every call (the caller compares revisions first).
     """
-    key = (str(store._local), group_name) if store._local is not None else None
+    local = local_path(store.location)
+    key = (str(local), group_name) if local is not None else None
     if key is not None:
         with _GENERATIONS_LOCK:
             hit = _GENERATIONS.get(key)
@@ -342,19 +341,19 @@ def _open_generation(
     return opened
 
 
-def catalog_dataset(store: Store) -> xr.Dataset:
+def catalog_dataset(store: EntrySource) -> xr.Dataset:
     """The lazy cross-experiment dataset, rebuilding the cache when stale."""
     import dask.array as da
 
     revisions = _revisions(store)
-    cache = store._root.get(CACHE)
+    cache = store.zarr_group.get(CACHE)
     info = cache.attrs.get(CATALOG_ATTR) if isinstance(cache, zarr.Group) else None
     fresh = isinstance(info, dict) and info.get("revisions") == revisions
     if not fresh:
         if store.read_only:
             return _in_memory(store)
         rebuild(store)
-        cache = store._root[CACHE]
+        cache = store.zarr_group[CACHE]
         info = cache.attrs[CATALOG_ATTR]
     assert isinstance(cache, zarr.Group) and isinstance(info, dict)
     group_name = str(info["group"])

@@ -23,22 +23,29 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ndt_store import _dims as D
+from ndt_store._entries import (
+    EXP_ATTR,
+    EXPERIMENTS,
+    experiments_prefix,
+    list_entries,
+    parse_entry,
+    read_entry,
+)
 from ndt_store._frame import (
     FRAME_ATTR,
     Frame,
     child_groups,
     choose_compressors,
-    gather_all,
     take_rows,
 )
 from ndt_store._location import local_path, make_zarr_store
@@ -56,8 +63,6 @@ from ndt_store.errors import (
 
 FORMAT_VERSION = 1
 ROOT_ATTR = "ndt_store"
-EXP_ATTR = "ndt_experiment"
-EXPERIMENTS = "experiments"
 TABLES = "tables"
 SNAPSHOTS = "snapshots"
 
@@ -168,28 +173,14 @@ class Store:
 
     # ------------------------------------------------------------ experiments
     def _experiments_prefix(self) -> str:
-        return f"{self._root.path}/{EXPERIMENTS}" if self._root.path else EXPERIMENTS
+        return experiments_prefix(self._root)
 
     def _parse_entry(self, name: str, raw: bytes) -> dict[str, Any] | None:
-        try:
-            meta = json.loads(raw)
-        except ValueError as exc:
-            raise CorruptStoreError(
-                f"{self.location}: metadata of experiment {name!r} is not valid JSON ({exc})"
-            ) from None
-        entry = meta.get("attributes", {}).get(EXP_ATTR) if isinstance(meta, dict) else None
-        return entry if isinstance(entry, dict) and entry.get("committed") else None
+        return parse_entry(self.location, name, raw)
 
     def _read_entry(self, experiment: str) -> dict[str, Any] | None:
         """Read one experiment's committed entry from storage (None if absent); cache it."""
-        zstore = self._root.store
-        key = f"{self._experiments_prefix()}/{experiment}/zarr.json"
-
-        async def get() -> Any:
-            return await zstore.get(key, prototype=default_buffer_prototype())
-
-        buf = sync(get())
-        entry = None if buf is None else self._parse_entry(experiment, buf.to_bytes())
+        entry = read_entry(self._root, self.location, experiment)
         if entry is None:
             self._entries.pop(experiment, None)
         else:
@@ -200,27 +191,16 @@ class Store:
         """Read every experiment's attributes concurrently; cached until :meth:`refresh`."""
         if self._listed:
             return self._entries
-        zstore = self._root.store
-        prefix = self._experiments_prefix()
-
-        async def gather() -> dict[str, dict[str, Any]]:
-
-            names = [n async for n in zstore.list_dir(prefix)]
-            names = [n for n in names if n != "zarr.json"]
-            proto = default_buffer_prototype()
-            bufs = await gather_all(
-                *(zstore.get(f"{prefix}/{n}/zarr.json", prototype=proto) for n in names)
-            )
-            out: dict[str, dict[str, Any]] = {}
-            for name, buf in zip(names, bufs, strict=True):
-                entry = None if buf is None else self._parse_entry(name, buf.to_bytes())
-                if entry is not None:
-                    out[name] = entry
-            return out
-
-        self._entries = dict(sorted(sync(gather()).items()))
+        self._entries = list_entries(self._root, self.location)
         self._listed = True
         return self._entries
+
+    def entries(self) -> Mapping[str, Mapping[str, Any]]:
+        """Committed experiments' entries (``revision``, ``phase1``, ``metadata``...) by name.
+
+        Read once and cached until :meth:`refresh`; sorted by name. Read-only view.
+        """
+        return MappingProxyType(self._list_entries())
 
     def experiments(self) -> list[str]:
         """Names of the committed experiments, sorted.

@@ -390,7 +390,7 @@ class Recorder:
 
     def _metadata(self) -> dict[str, Any]:
         torch = require("torch", "torch")
-        import ndt_store
+        from ndt_store._version import __version__
 
         n_params = sum(int(p.numel()) for p in self.model.parameters())
         capture = {
@@ -420,7 +420,7 @@ class Recorder:
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "numpy": np.__version__,
-                "ndt_store": ndt_store.__version__,
+                "ndt_store": __version__,
             },
             "estimate_bytes": self.estimate,
         }

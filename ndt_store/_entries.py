@@ -1,0 +1,134 @@
+"""Experiment entries: which experiments a store holds, read from their group metadata.
+
+Each experiment group's ``zarr.json`` carries an entry under the ``ndt_experiment``
+attribute (``committed``, ``revision``, ``phase1``, ``content_hash``, ``metadata``);
+an experiment is visible only once ``committed`` is true. This module reads those
+entries (one or all, concurrently) without opening any array, and names what the
+cross-experiment catalog needs from a store (:class:`EntrySource`), so the catalog
+and :class:`ndt_store.store.Store` both build on this module and never on each other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from ndt_store._frame import gather_all
+from ndt_store.errors import CorruptStoreError
+
+EXP_ATTR = "ndt_experiment"
+EXPERIMENTS = "experiments"
+
+Entry = dict[str, Any]
+
+
+class EntrySource(Protocol):
+    """What the catalog reads of a store: its location, root group and entries."""
+
+    @property
+    def location(self) -> str:
+        """The store's location as the user gave it (path or URL)."""
+        ...
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the store was opened read-only."""
+        ...
+
+    @property
+    def zarr_group(self) -> zarr.Group:
+        """The store's root group."""
+        ...
+
+    def entries(self) -> Mapping[str, Mapping[str, Any]]:
+        """Committed experiments' entries by name, sorted by name."""
+        ...
+
+    def experiments(self) -> list[str]:
+        """Committed experiments' names, sorted."""
+        ...
+
+    def metadata(self, experiment: str) -> dict[str, Any]:
+        """Run metadata of one experiment."""
+        ...
+
+
+def experiments_prefix(root: zarr.Group) -> str:
+    """The key prefix of the experiment groups under ``root``."""
+    return f"{root.path}/{EXPERIMENTS}" if root.path else EXPERIMENTS
+
+
+def parse_entry(location: str, name: str, raw: bytes) -> Entry | None:
+    """The committed entry in one experiment group's ``zarr.json`` bytes, else ``None``.
+
+    Raises
+    ------
+    CorruptStoreError
+        If ``raw`` is not valid JSON.
+
+    Examples
+    --------
+    >>> parse_entry("s.zarr", "a", b'{"attributes": {"ndt_experiment": {"committed": true}}}')
+    {'committed': True}
+    >>> parse_entry("s.zarr", "a", b'{"attributes": {}}') is None
+    True
+    """
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptStoreError(
+            f"{location}: metadata of experiment {name!r} is not valid JSON ({exc})"
+        ) from None
+    entry = meta.get("attributes", {}).get(EXP_ATTR) if isinstance(meta, dict) else None
+    return entry if isinstance(entry, dict) and entry.get("committed") else None
+
+
+def read_entry(root: zarr.Group, location: str, experiment: str) -> Entry | None:
+    """Read one experiment's committed entry (``None`` if absent or uncommitted)."""
+    zstore = root.store
+    key = f"{experiments_prefix(root)}/{experiment}/zarr.json"
+
+    async def get() -> Any:
+        return await zstore.get(key, prototype=default_buffer_prototype())
+
+    buf = sync(get())
+    return None if buf is None else parse_entry(location, experiment, buf.to_bytes())
+
+
+def list_entries(root: zarr.Group, location: str) -> dict[str, Entry]:
+    """Read every committed experiment's entry concurrently, sorted by name."""
+    zstore = root.store
+    prefix = experiments_prefix(root)
+
+    async def gather() -> dict[str, Entry]:
+        names = [n async for n in zstore.list_dir(prefix)]
+        names = [n for n in names if n != "zarr.json"]
+        proto = default_buffer_prototype()
+        bufs = await gather_all(
+            *(zstore.get(f"{prefix}/{n}/zarr.json", prototype=proto) for n in names)
+        )
+        out: dict[str, Entry] = {}
+        for name, buf in zip(names, bufs, strict=True):
+            entry = None if buf is None else parse_entry(location, name, buf.to_bytes())
+            if entry is not None:
+                out[name] = entry
+        return out
+
+    return dict(sorted(sync(gather()).items()))
+
+
+__all__ = [
+    "EXPERIMENTS",
+    "EXP_ATTR",
+    "Entry",
+    "EntrySource",
+    "experiments_prefix",
+    "list_entries",
+    "parse_entry",
+    "read_entry",
+]
