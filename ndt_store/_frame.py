@@ -12,10 +12,11 @@ so a column created by an interrupted append is invisible as well.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -143,6 +144,7 @@ class Frame:
             dtype=values.dtype,
             dimension_names=dims,
             chunks=values.shape if values.size else (1,) * values.ndim,
+            compressors=COMPRESSORS if values.dtype.kind not in "UTO" else "auto",
             config=_WRITE_ALL,
         )
         if values.size:
@@ -570,36 +572,95 @@ def decode_chunk(arr: Any, key: str, data: bytes | None) -> np.ndarray:
     return out
 
 
-def _fast_layout(arr: Any) -> bool:
-    """Whether the chunks of ``arr`` can be read without zarr's codec pipeline.
+FAST_READ_FALLBACKS: Counter[str] = Counter()
+"""How many arrays were opened without the whole-chunk fast read, by reason."""
+_FAST_READ_REPORTED: set[str] = set()
+_FAST_READ_LOCK = threading.Lock()
+_log = logging.getLogger(__name__)
 
-    That is: a regular chunk grid, a fixed-size numeric dtype, and the codec chain
-    exactly bytes (little-endian, on a little-endian machine), optionally followed
-    by Blosc — what the frames write (:data:`COMPRESSORS`, or no compressor for
-    data that does not compress, see :func:`choose_compressors`).
+
+def fast_read_fallbacks() -> dict[str, int]:
+    """Arrays read through zarr's codec pipeline instead of the fast read, by reason.
+
+    Counts every array of this process whose layout was checked and not taken
+    (:func:`fast_layout_problem`); each reason is also logged once (``DEBUG`` for
+    layouts the store does not write, ``WARNING`` for metadata it cannot interpret).
+    """
+    with _FAST_READ_LOCK:
+        return dict(FAST_READ_FALLBACKS)
+
+
+def _bytes_endian(codec: Any) -> str | None:
+    """The byte order of a bytes codec as a string (``"little"``, ``"big"`` or ``None``).
+
+    zarr 3.1 holds it as an ``Endian`` enum, zarr 3.4 as a plain string.
+    """
+    endian = getattr(codec, "endian", None)
+    value = getattr(endian, "value", endian)
+    return value if value is None or isinstance(value, str) else repr(value)
+
+
+def fast_layout_problem(arr: Any) -> str | None:
+    """Why the chunks of ``arr`` cannot be read without zarr's codec pipeline.
+
+    ``None`` when they can: a regular chunk grid, a fixed-size numeric dtype, and
+    the codec chain exactly bytes (little-endian, on a little-endian machine),
+    optionally followed by Blosc — what the frames write (:data:`COMPRESSORS`, or
+    no compressor for data that does not compress, see :func:`choose_compressors`).
+    Reasons starting with ``"unrecognised"`` mean zarr metadata this module cannot
+    interpret (a newer zarr), not a layout chosen by the writer.
     """
     import sys
 
     from zarr.codecs import BytesCodec
 
     try:
-        codecs = arr.metadata.codecs
+        codecs = tuple(arr.metadata.codecs)
         dtype = np.dtype(arr.dtype)
         chunks = arr.chunks
-    except Exception:  # zarr v2 metadata, irregular grids, exotic dtypes: use zarr
-        return False
-    if (
-        not 1 <= len(codecs) <= 2
-        or not isinstance(codecs[0], BytesCodec)
-        or (len(codecs) == 2 and not isinstance(codecs[1], BloscCodec))
-        or dtype.kind not in "biufc"
-        or dtype.hasobject
-        or len(chunks) != arr.ndim
-        or (dtype.itemsize > 1 and (sys.byteorder != "little" or not dtype.isnative))
-        or (dtype.itemsize > 1 and getattr(codecs[0].endian, "value", None) != "little")
-    ):
-        return False
-    return True
+    except Exception as exc:  # zarr v2 metadata, irregular grids, exotic dtypes: use zarr
+        return f"no v3 codecs, numpy dtype or regular chunks ({type(exc).__name__})"
+    if dtype.kind not in "biufc" or dtype.hasobject:
+        return f"dtype {dtype}"
+    names = "+".join(type(c).__name__ for c in codecs)
+    if not 1 <= len(codecs) <= 2 or not isinstance(codecs[0], BytesCodec):
+        return f"codecs {names}"
+    if len(codecs) == 2 and not isinstance(codecs[1], BloscCodec):
+        return f"codecs {names}"
+    if len(chunks) != arr.ndim:
+        return f"chunks {chunks} for {arr.ndim} dims"
+    if dtype.itemsize > 1:
+        endian = _bytes_endian(codecs[0])
+        if endian not in ("little", "big"):
+            return f"unrecognised BytesCodec.endian {endian!r}"
+        if endian != "little" or sys.byteorder != "little" or not dtype.isnative:
+            return f"byte order {endian} (machine {sys.byteorder})"
+    return None
+
+
+def _fast_layout(arr: Any) -> bool:
+    """Whether the chunks of ``arr`` can be read without zarr's codec pipeline.
+
+    A layout that cannot is counted (:func:`fast_read_fallbacks`) and its reason
+    logged once per process, so a slower read never goes unnoticed.
+    """
+    problem = fast_layout_problem(arr)
+    if problem is None:
+        return True
+    with _FAST_READ_LOCK:
+        FAST_READ_FALLBACKS[problem] += 1
+        first = problem not in _FAST_READ_REPORTED
+        _FAST_READ_REPORTED.add(problem)
+    if first:
+        level = logging.WARNING if problem.startswith("unrecognised") else logging.DEBUG
+        _log.log(
+            level,
+            "%s: whole-chunk fast read not used (%s; zarr %s): reading through zarr's codecs",
+            getattr(arr, "store_path", arr),
+            problem,
+            zarr.__version__,
+        )
+    return False
 
 
 def _whole_chunk(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import dask.array as da
@@ -11,7 +12,16 @@ import pytest
 import zarr
 from zarr.codecs import ZstdCodec
 
-from ndt_store._frame import _WRITE_ALL, COMPRESSORS, CheckedArray
+import ndt_store
+from ndt_store._frame import (
+    _WRITE_ALL,
+    COMPRESSORS,
+    CheckedArray,
+    _bytes_endian,
+    _fast_layout,
+    fast_layout_problem,
+    fast_read_fallbacks,
+)
 from ndt_store.errors import CorruptStoreError
 
 
@@ -166,3 +176,113 @@ def test_read_ahead_hints_the_next_chunks_once(tmp_path, monkeypatch) -> None:
     assert small._ahead == 2
     monkeypatch.setattr(frame, "READ_AHEAD_MIN_CHUNK", 2**20)
     assert CheckedArray(arr)._ahead == 0  # small chunks: the kernel's read-ahead suffices
+
+
+# ---------------------------------------------------------------- layouts of the store
+
+
+def _numeric_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
+    return {
+        path: arr
+        for path, arr in group.members(max_depth=None)
+        if isinstance(arr, zarr.Array) and np.dtype(arr.dtype).kind in "biufc"
+    }
+
+
+@pytest.mark.filterwarnings("ignore:Object at .locks is not recognized")
+def test_fast_path_is_taken_for_every_layout_the_store_writes(tmp_path, monkeypatch) -> None:
+    """On whatever zarr is installed: every numeric array the store writes reads fast."""
+    import pandas as pd
+
+    store = ndt_store.synth_store(
+        tmp_path / "s.zarr", experiments=2, steps=3, samples=16, features=64, records=40
+    )
+    ndt_store.synth_store(store, experiments=1, steps=2, causal=True, prefix="causal", records=20)
+    store.write_table("t", pd.DataFrame({"a": np.arange(5.0), "b": np.arange(5)}))
+    store.measurements()  # writes the cross-experiment catalog
+    arrays = _numeric_arrays(store.zarr_group)
+    problems = {path: fast_layout_problem(arr) for path, arr in arrays.items()}
+    # published tables and the catalog's step coordinate keep zarr's default codec (small
+    # arrays read whole through zarr); every frame column and catalog variable reads fast
+    by_zarr = {p for p in arrays if p.startswith("tables/") or re.fullmatch(r"_cache/.*/step", p)}
+    assert {p: why for p, why in problems.items() if why is not None and p not in by_zarr} == {}
+    fast = {p: arrays[p] for p, why in problems.items() if why is None}
+    codecs = {"+".join(type(c).__name__ for c in a.metadata.codecs) for a in fast.values()}
+    assert codecs == {"BytesCodec", "BytesCodec+BloscCodec"}  # both layouts are exercised
+    assert any("/phase1-" in p for p in fast) and any("/snapshots/" in p for p in fast)
+    assert sum(p.startswith("_cache/") for p in fast) >= 5
+    assert all(CheckedArray(arr)._fast for arr in fast.values())
+
+    before = fast_read_fallbacks()
+    spy = Spy(monkeypatch)
+    name = store.experiments()[0]
+    reopened = ndt_store.open_store(tmp_path / "s.zarr", mode="r")
+    reopened.phase1(name).load()
+    reopened.measurements().load()
+    for kind in ("activations", "attention"):
+        for arr in getattr(reopened, kind)(name).values():
+            arr.load()
+    assert len(spy.calls) > 0
+    grown = {k for k, v in fast_read_fallbacks().items() if v > before.get(k, 0)}
+    # only text coordinates and the small zarr-default arrays above went through zarr
+    assert {k for k in grown if not k.startswith("dtype ")} <= {"codecs BytesCodec+ZstdCodec"}
+
+
+class _Endian:
+    """Stands for zarr 3.1's ``Endian`` enum member (a ``.value`` string)."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+
+class _Codec:
+    def __init__(self, endian: object) -> None:
+        self.endian = endian
+
+
+@pytest.mark.parametrize(
+    ("endian", "expected"),
+    [(_Endian("little"), "little"), ("little", "little"), ("big", "big"), (None, None)],
+)
+def test_bytes_endian_reads_the_enum_of_zarr_3_1_and_the_string_of_zarr_3_4(
+    endian, expected
+) -> None:
+    assert _bytes_endian(_Codec(endian)) == expected
+
+
+def test_unrecognised_layout_is_counted_and_reported_once(tmp_path, caplog) -> None:
+    import logging
+
+    values = np.arange(12, dtype="f4").reshape(4, 3)
+    arr = _array(tmp_path, values, (2, 3))
+    codec = arr.metadata.codecs[0]
+
+    class Odd:  # a future zarr's endian the reader does not know
+        def __repr__(self) -> str:
+            return "Odd()"
+
+    object.__setattr__(codec, "endian", Odd())
+    before = fast_read_fallbacks().get("unrecognised BytesCodec.endian 'Odd()'", 0)
+    with caplog.at_level(logging.DEBUG, logger="ndt_store._frame"):
+        assert not _fast_layout(arr)
+        assert not _fast_layout(arr)
+    after = fast_read_fallbacks()["unrecognised BytesCodec.endian 'Odd()'"]
+    assert after == before + 2
+    reports = [r for r in caplog.records if "Odd()" in r.getMessage()]
+    assert len(reports) <= 1  # once per process (none if an earlier test reported it)
+    if reports:
+        assert reports[0].levelno == logging.WARNING
+        assert "fast read not used" in reports[0].getMessage()
+
+
+def test_other_codecs_are_counted_at_debug_level(tmp_path, caplog) -> None:
+    import logging
+
+    values = np.arange(12, dtype="f4").reshape(4, 3)
+    arr = _array(tmp_path, values, (2, 3), compressors=(ZstdCodec(level=1),))
+    assert fast_layout_problem(arr) == "codecs BytesCodec+ZstdCodec"
+    before = fast_read_fallbacks().get("codecs BytesCodec+ZstdCodec", 0)
+    with caplog.at_level(logging.DEBUG, logger="ndt_store._frame"):
+        CheckedArray(arr)
+    assert fast_read_fallbacks()["codecs BytesCodec+ZstdCodec"] == before + 1
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if "Zstd" in r.getMessage())
