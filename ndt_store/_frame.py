@@ -438,6 +438,7 @@ class CheckedArray:
             else 0
         )
         self._advised: set[int] = set()
+        self._strict = None if self._fast else strict_reader(array)
 
     def meta(self) -> np.ndarray:
         """An empty array of the right type and dims (dask's ``meta``, without a read)."""
@@ -451,13 +452,24 @@ class CheckedArray:
             coords = _whole_chunk(selection, arr.shape, arr.chunks)
             if coords is not None:
                 return self._read_chunk(coords)
+        strict = self._strict
         try:
-            out = np.asarray(arr[selection])
+            out = np.asarray((strict or arr)[selection])
         except Exception as exc:
+            slices = isinstance(selection, tuple) and all(isinstance(s, slice) for s in selection)
+            if _is_missing_chunk_error(exc) and slices:
+                keys = _chunk_keys(arr, [(s.start or 0, s.stop) for s in selection])
+                for key, what in sync(chunk_problems(arr, keys))[:1]:
+                    raise CorruptStoreError(f"{arr.store_path}: chunk {key!r} {what}") from None
+            first = str(exc).splitlines()[0] if str(exc) else ""
             raise CorruptStoreError(
-                f"{arr.store_path}: unreadable chunk ({type(exc).__name__}: {exc})"
+                f"{arr.store_path}: unreadable chunk ({type(exc).__name__}: {first})"
             ) from None
-        if isinstance(selection, tuple) and all(isinstance(s, slice) for s in selection):
+        if (
+            strict is None
+            and isinstance(selection, tuple)
+            and all(isinstance(s, slice) for s in selection)
+        ):
             keys = _chunk_keys(arr, [(s.start or 0, s.stop) for s in selection])
             problems = sync(chunk_problems(arr, keys))
             if problems:
@@ -705,6 +717,42 @@ def _uncompressed(arr: Any) -> bool:
     return len(getattr(arr.metadata, "codecs", ())) == 1
 
 
+def _zarr_raises_on_missing_chunks() -> bool:
+    """Whether the installed zarr has ``read_missing_chunks`` (zarr >= 3.2)."""
+    from dataclasses import fields
+
+    from zarr.core.array_spec import ArrayConfig
+
+    return "read_missing_chunks" in {f.name for f in fields(ArrayConfig)}
+
+
+STRICT_MISSING_READS = _zarr_raises_on_missing_chunks()
+"""zarr itself raises on a missing chunk (``read_missing_chunks=False``, zarr >= 3.2)."""
+
+
+def strict_reader(arr: Any) -> Any | None:
+    """``arr`` opened so that zarr raises on a missing chunk, where that replaces our check.
+
+    Only for arrays whose chunks :func:`stored_chunk_problem` cannot check beyond
+    presence (codecs other than bytes [+ Blosc]), and only on zarr >= 3.2: one fetch per
+    chunk instead of a presence check followed by zarr's read (measured as fast or
+    faster: ``benchmarks/bench_missing_chunks.py``). ``None`` otherwise.
+    """
+    codecs = tuple(getattr(arr.metadata, "codecs", ()))
+    if not STRICT_MISSING_READS or len(codecs) == 1:
+        return None
+    if len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
+        return None
+    try:
+        return arr.with_config({"read_missing_chunks": False})
+    except Exception:  # pragma: no cover - a zarr whose config refuses the key
+        return None
+
+
+def _is_missing_chunk_error(exc: BaseException) -> bool:
+    return type(exc).__name__ == "ChunkNotFoundError"
+
+
 def _check_raw_size(stored: int, nbytes: int) -> None:
     """Raise ``ValueError`` unless an uncompressed chunk of ``nbytes`` is ``stored`` bytes."""
     if stored != nbytes:
@@ -859,13 +907,19 @@ async def read_frame_arrays(
         bounds = [(0, None if whole else rows)] + [(0, None)] * (arr.ndim - 1)
         if _fast_layout(arr):  # one fetch per chunk: checked and decoded here
             return await _read_region(arr, bounds)
-        problems = await chunk_problems(arr, _chunk_keys(arr, bounds))
-        if problems:
-            key, what = problems[0]
-            raise CorruptStoreError(f"{base}/{name}: chunk {key!r} {what}")
+        strict = strict_reader(arr)
+        if strict is None:  # presence (and size) checked first: zarr fills a missing chunk
+            problems = await chunk_problems(arr, _chunk_keys(arr, bounds))
+            if problems:
+                key, what = problems[0]
+                raise CorruptStoreError(f"{base}/{name}: chunk {key!r} {what}")
         try:
-            return np.asarray(await arr.getitem(Ellipsis if whole else slice(0, rows)))
+            return np.asarray(await (strict or arr).getitem(Ellipsis if whole else slice(0, rows)))
         except Exception as exc:
+            problems = await chunk_problems(arr, _chunk_keys(arr, bounds))
+            if _is_missing_chunk_error(exc) and problems:
+                key, what = problems[0]
+                raise CorruptStoreError(f"{base}/{name}: chunk {key!r} {what}") from None
             raise CorruptStoreError(
                 f"{base}/{name}: unreadable chunk ({type(exc).__name__}: {exc})"
             ) from None

@@ -286,3 +286,26 @@ def test_other_codecs_are_counted_at_debug_level(tmp_path, caplog) -> None:
         CheckedArray(arr)
     assert fast_read_fallbacks()["codecs BytesCodec+ZstdCodec"] == before + 1
     assert all(r.levelno == logging.DEBUG for r in caplog.records if "Zstd" in r.getMessage())
+
+
+def test_missing_chunk_of_a_zarr_codec_array_is_corrupt_store_error(tmp_path) -> None:
+    """Zstd arrays read through zarr: a deleted chunk raises (zarr >= 3.2 itself raises)."""
+    from zarr.core.sync import sync
+
+    from ndt_store._frame import STRICT_MISSING_READS, read_frame_arrays, strict_reader
+
+    values = np.arange(40, dtype="f4").reshape(8, 5)
+    arr = _array(tmp_path, values, (4, 5), compressors=(ZstdCodec(level=1),))
+    assert (strict_reader(arr) is not None) == STRICT_MISSING_READS
+    major, minor = (int(x) for x in zarr.__version__.split(".")[:2])
+    assert STRICT_MISSING_READS == ((major, minor) >= (3, 2))
+    base = zarr.storage.StorePath(zarr.storage.LocalStore(tmp_path))
+    got = sync(read_frame_arrays(base, ["a.zarr"], 8))
+    np.testing.assert_array_equal(got["a.zarr"], values)
+    (tmp_path / "a.zarr" / "c" / "1" / "0").unlink()
+    checked = CheckedArray(zarr.open_array(str(tmp_path / "a.zarr")))
+    np.testing.assert_array_equal(checked[0:4, 0:5], values[:4])
+    with pytest.raises(CorruptStoreError, match=r"a\.zarr: chunk 'c/1/0' is missing"):
+        checked[0:8, 0:5]
+    with pytest.raises(CorruptStoreError, match=r"a\.zarr: chunk 'c/1/0' is missing"):
+        sync(read_frame_arrays(base, ["a.zarr"], 8))
