@@ -87,10 +87,17 @@ def test_moments_of_other_experiment_refused(real_store):
         compare_representations(real_store, 5, 10)
 
 
-def cka_ref(x: np.ndarray, y: np.ndarray) -> float:
-    x = x.reshape(len(x), -1) - x.reshape(len(x), -1).mean(0)
-    y = y.reshape(len(y), -1) - y.reshape(len(y), -1).mean(0)
-    return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+def cka_ref_debiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased-HSIC CKA (Song et al. 2012), the default below 1,000 samples."""
+
+    def hsic(k: np.ndarray, m: np.ndarray) -> float:
+        n = len(k)
+        k, m = k - np.diag(np.diag(k)), m - np.diag(np.diag(m))
+        return (np.sum(k * m) + k.sum() * m.sum() / ((n - 1) * (n - 2))
+                - 2 / (n - 2) * k.sum(0) @ m.sum(0)) / (n * (n - 3))  # fmt: skip
+
+    kx, ky = (a.reshape(len(a), -1) @ a.reshape(len(a), -1).T for a in (x, y))
+    return float(hsic(kx, ky) / np.sqrt(hsic(kx, kx) * hsic(ky, ky)))
 
 
 def entropy_ref(p: np.ndarray) -> np.ndarray:
@@ -132,7 +139,7 @@ def test_tensor_changes_match_numpy(tensor_store):
     spars = [1 - (np.abs(x["fc"]) > 0.1).mean() for x in (ab, aa)]
     assert act["sparsity"]["before"] == pytest.approx(spars[0])
     assert act["sparsity"]["change"] == pytest.approx(spars[1] - spars[0])
-    assert act["linear_cka"] == pytest.approx(cka_ref(ab["fc"], aa["fc"]))
+    assert act["linear_cka"] == pytest.approx(cka_ref_debiased(ab["fc"], aa["fc"]))
     assert "selectivity" in act
     head_b = entropy_ref(tb["attn"]).mean(axis=(0, 2))
     head_a = entropy_ref(ta["attn"]).mean(axis=(0, 2))

@@ -88,7 +88,7 @@ def test_batched_over_layers_two_steps(backend: str) -> None:
     x = to_backend(act.sel({STEP: 10}), backend)
     y = to_backend(act.sel({STEP: 20}), backend)
     with no_compute():
-        out = linear_cka(x, y)
+        out = linear_cka(x, y, estimator="biased")
     assert is_lazy(out) == (backend == "dask")
     assert out.name == "linear_cka" and out.dims == (LAYER,)
     expected = [ref_cka(act.values[0, i], act.values[1, i]) for i in range(3)]
@@ -99,11 +99,14 @@ def test_different_widths_and_multiple_feature_dims() -> None:
     rng = np.random.default_rng(3)
     x = xr.DataArray(rng.normal(size=(15, 4)), dims=(SAMPLE, FEATURE))
     y = xr.DataArray(rng.normal(size=(15, 9)), dims=(SAMPLE, FEATURE))
-    assert float(linear_cka(x, y)) == pytest.approx(ref_cka(x.values, y.values), rel=1e-10)
+    got = float(linear_cka(x, y, estimator="biased"))
+    assert got == pytest.approx(ref_cka(x.values, y.values), rel=1e-10)
     conv = xr.DataArray(rng.normal(size=(15, 2, 3)), dims=(SAMPLE, "channel", "pos"))
     ref = ref_cka(x.values, conv.values.reshape(15, 6))
-    assert float(linear_cka(x, conv)) == pytest.approx(ref, rel=1e-10)
-    chunked = linear_cka(x.chunk({SAMPLE: 4}), conv.chunk({"channel": 1})).compute()
+    assert float(linear_cka(x, conv, estimator="biased")) == pytest.approx(ref, rel=1e-10)
+    chunked = linear_cka(
+        x.chunk({SAMPLE: 4}), conv.chunk({"channel": 1}), estimator="biased"
+    ).compute()
     assert float(chunked) == pytest.approx(ref, rel=1e-10)
 
 
