@@ -156,3 +156,42 @@ def test_selectivity_property(data: tuple[np.ndarray, np.ndarray]) -> None:
 
 def test_kernel_one_hot_ignores_unknown_labels() -> None:
     assert ka.one_hot(np.array([5, 1]), np.array([0, 1])).tolist() == [[0.0, 0.0], [0.0, 1.0]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("per_token", [False, True])
+def test_selectivity_tokens_as_samples(backend: str, per_token: bool) -> None:
+    rng = np.random.default_rng(11)
+    steps, seqs, positions, feats = 2, 5, 7, 3
+    values = np.abs(rng.normal(size=(steps, seqs, positions, feats)))
+    if per_token:  # e.g. next-token targets
+        labels = rng.integers(0, 3, size=(seqs, positions))
+        coord = ((SAMPLE, "position"), labels)
+    else:  # one label per sequence, repeated over its positions
+        labels = np.repeat(rng.integers(0, 3, size=(seqs, 1)), positions, axis=1)
+        coord = (SAMPLE, labels[:, 0])
+    act = xr.DataArray(
+        values, dims=(STEP, SAMPLE, "position", FEATURE), coords={LABEL: coord, STEP: [0, 9]}
+    )
+    lazy = to_backend(act, backend)
+    with no_compute():
+        out = activation_selectivity(lazy, samples=(SAMPLE, "position"))
+    assert is_lazy(out["class_mean"]) == (backend == "dask")
+    tokens = values.reshape(steps, seqs * positions, feats)
+    flat = labels.reshape(-1)
+    classes = np.unique(flat)
+    expected = np.stack([tokens[:, flat == c].mean(axis=1) for c in classes], axis=-1)
+    np.testing.assert_allclose(out["class_mean"].values, expected, rtol=1e-12)
+    np.testing.assert_array_equal(out["class_count"].values, [(flat == c).sum() for c in classes])
+    mu_max = expected.max(-1)
+    mu_rest = (expected.sum(-1) - mu_max) / (len(classes) - 1)
+    np.testing.assert_allclose(
+        out["selectivity_index"].values, (mu_max - mu_rest) / (mu_max + mu_rest), rtol=1e-12
+    )
+    assert out["selectivity_index"].dims == (STEP, FEATURE)
+
+
+def test_selectivity_tokens_needs_label_on_sample_dims() -> None:
+    act = xr.DataArray(np.ones((2, 3, 4)), dims=(SAMPLE, "position", FEATURE))
+    with pytest.raises(InputError, match="coordinate 'label' on some of the sample dims"):
+        activation_selectivity(act, samples=(SAMPLE, "position"))

@@ -79,6 +79,7 @@ def activation_selectivity(
     sample_dim: Hashable = SAMPLE,
     classes: npt.ArrayLike | None = None,
     fill_empty: float = np.nan,
+    samples: Dims = None,
 ) -> xr.Dataset:
     """Per-class mean activation of every unit and its class-selectivity index.
 
@@ -103,6 +104,11 @@ def activation_selectivity(
         A class with no sample gets ``class_mean = fill_empty``.
     fill_empty
         Mean reported for a class without samples (default NaN).
+    samples
+        Several dims that together index the samples, e.g. ``("sample", "position")``
+        for a sequence model's tokens; overrides ``sample_dim``. ``label`` may lie on
+        any of them (per-sequence labels are repeated over positions, per-token
+        labels used as they are).
 
     Returns
     -------
@@ -120,20 +126,23 @@ def activation_selectivity(
     >>> sel["selectivity_index"].round(6).values.tolist()
     [0.333333, 0.0]
     """
-    if label not in act.coords or act.coords[label].dims != (sample_dim,):
-        raise InputError(
-            f"activations need a coordinate {label!r} on dim {sample_dim!r}",
-            field=str(label),
-            value=act.dims,
-        )
-    labels = act.coords[label].to_numpy()  # small; read even if the coordinate is lazy
+    if samples is not None:
+        data, labels, sample_dim = _tokens_as_samples(act, label, as_dims(samples, act))
+    else:
+        if label not in act.coords or act.coords[label].dims != (sample_dim,):
+            raise InputError(
+                f"activations need a coordinate {label!r} on dim {sample_dim!r}",
+                field=str(label),
+                value=act.dims,
+            )
+        labels = act.coords[label].to_numpy()  # small; read even if the coordinate is lazy
+        data = act.drop_vars([label])
     cls = np.unique(labels) if classes is None else np.asarray(classes)
     members = _k.one_hot(labels, cls, dtype=float_dtype(act.dtype))
     onehot = xr.DataArray(members, dims=(sample_dim, CLASS), coords={CLASS: cls})
     counts = members.sum(axis=0)
     count = xr.DataArray(counts.astype(np.int64), dims=CLASS, coords={CLASS: cls})
     present = count > 0
-    data = act.drop_vars([label])
     class_sum = xr.dot(data, onehot, dim=[sample_dim])
     denom = xr.DataArray(np.where(counts > 0, counts, np.nan), dims=CLASS, coords={CLASS: cls})
     class_mean = class_sum / denom  # x / nan is nan, without a warning
@@ -165,3 +174,24 @@ def activation_selectivity(
             "class_count": count.assign_attrs(long_name="samples per class"),
         }
     ).assign_attrs(description="activation class selectivity", label=str(label))
+
+
+def _tokens_as_samples(
+    act: xr.DataArray, label: Hashable, names: tuple[Hashable, ...]
+) -> tuple[xr.DataArray, np.ndarray, Hashable]:
+    """``act`` with the dims ``names`` stacked into one sample dim, and its labels."""
+    coord = act.coords.get(label)
+    if coord is None or not coord.dims or not set(coord.dims) <= set(names):
+        raise InputError(
+            f"activations need a coordinate {label!r} on some of the sample dims {names!r}",
+            field=str(label),
+            value=act.dims,
+        )
+    template = xr.DataArray(
+        np.zeros([act.sizes[d] for d in names], dtype=np.int8), dims=names
+    )  # small: one byte per token
+    labels = xr.broadcast(coord.drop_vars(list(coord.coords)), template)[0]
+    flat = labels.transpose(*names).to_numpy().reshape(-1)
+    stacked = "_".join(map(str, names))
+    data = act.drop_vars([label]).stack({stacked: list(names)}, create_index=False)
+    return data, flat, stacked
