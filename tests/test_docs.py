@@ -18,6 +18,7 @@ RUNNABLE = [
     "guarantees.md",
     "capture.md",
     "quickstart.md",
+    "measurements.md",
 ]
 NEEDS_TORCH = {"capture.md", "quickstart.md"}  # their examples train a model
 
