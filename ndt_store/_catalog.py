@@ -178,7 +178,21 @@ def _assemble(
 
 
 def rebuild(store: Store) -> str:
-    """Write a fresh catalog for the current experiments; returns its group name."""
+    """Write a fresh catalog for the current experiments; returns its group name.
+
+    Raises
+    ------
+    StorageError
+        When the storage refuses the write (disk full, permission denied).
+    """
+    from ndt_store._location import storage_errors
+
+    with storage_errors(store.location):
+        return _rebuild(store)
+
+
+def _rebuild(store: Store) -> str:
+    """:func:`rebuild` (OS errors converted by the caller)."""
     revisions = _revisions(store)
     names, steps, layers = _layout(store)
     cache = store._root.require_group(CACHE)

@@ -229,7 +229,7 @@ def parse_phase1(
         )
     for layer in layers:
         try:
-            validate_name(layer, kind="layer")
+            validate_name(layer, kind="layer", path=False)
         except InvalidNameError as exc:
             raise InputError(str(exc), source=source, record=0, field="layer_metrics") from None
     n, n_l = len(records), len(layers)
