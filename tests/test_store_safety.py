@@ -336,3 +336,29 @@ def test_deeply_nested_json_is_an_input_error(tmp_path: Path, capsys: Any) -> No
         ndt_store.ingest_phase1(ndt_store.open_store(tmp_path / "s.zarr"), bad)
     assert main(["ingest", "phase1", str(bad), "--store", str(tmp_path / "s.zarr")]) == 1
     _one_line_error(capsys, "deep.json", "nested too deeply")
+
+
+def test_cross_experiment_view_while_a_writer_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records appended between the view's two reads are left out, never misplaced."""
+    from ndt_store import _catalog
+
+    p = tmp_path / "s.zarr"
+    w = ndt_store.open_store(p)
+    w.create_run("a", {}, ["x"])
+    w.create_run("b", {}, ["x"])
+    w.append_phase1("a", _rows([0, 1], ["x"]))
+    w.append_phase1("b", _rows([0, 5], ["x"]))
+    reader = ndt_store.open_store(p, mode="r")
+    layout = _catalog._layout
+
+    def racing(store: Any) -> Any:
+        out = layout(store)
+        w.append_phase1("a", _rows([3, 5, 9], ["x"]))  # lands between the two reads
+        return out
+
+    monkeypatch.setattr(_catalog, "_layout", racing)
+    ds = reader.measurements()
+    assert ds[D.STEP].values.tolist() == [0, 1, 5]
+    np.testing.assert_array_equal(ds[D.LOSS].values, [[0, 1, 5], [0, np.nan, 5]])

@@ -290,6 +290,6 @@ class StoreMachineLong(StoreMachine):
 
 
 StoreMachineLong.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=40, deadline=None
+    max_examples=150, stateful_step_count=30, deadline=None
 )
 TestStoreLong = pytest.mark.slow(StoreMachineLong.TestCase)
