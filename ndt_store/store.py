@@ -4,7 +4,8 @@ Layout (Zarr v3)::
 
     <root>/zarr.json                       attrs: ndt_store = {format: 1}
     <root>/experiments/<name>/zarr.json    attrs: ndt_experiment = {committed, revision,
-                                                  phase1, content_hash, metadata}
+                                                  phase1, content_hash, metadata,
+                                                  snapshots, retired}
     <root>/experiments/<name>/phase1-<id>/ frame: step, layer, metrics, loss, grad_norm, epoch
     <root>/experiments/<name>/snapshots/   frame: step, weights/*, activations/*, attention/*
     <root>/tables/<name>/                  published tables, one 1-D array per column
@@ -13,7 +14,10 @@ Layout (Zarr v3)::
 
 An experiment is visible only once its group's ``committed`` flag is set, which
 happens in the last write of an ingest; frames commit their rows last (see
-:mod:`ndt_store._frame`). See ``docs/data-model.md`` and ``docs/guarantees.md``.
+:mod:`ndt_store._frame`). Writers merge into the entry as stored (read under the
+lock), never a cached copy. Groups superseded by a replace or a removal are listed
+under ``retired`` and kept for :data:`GRACE_SECONDS` for readers that opened them.
+See ``docs/data-model.md`` and ``docs/guarantees.md``.
 """
 
 from __future__ import annotations
