@@ -960,8 +960,9 @@ def _collect_due(grp: zarr.Group, retired: list[dict[str, Any]]) -> list[dict[st
     now = time.time()
     keep = [r for r in retired if now - float(r.get("at", 0)) <= GRACE_SECONDS]
     for r in retired:
-        if r not in keep and r.get("group") in grp:
-            grp.__delitem__(r["group"])
+        name = str(r.get("group", ""))
+        if r not in keep and name and name in grp:
+            grp.__delitem__(name)
     return keep
 
 
