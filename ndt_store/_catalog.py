@@ -109,15 +109,19 @@ def _fill_block(
     )
     for e, name in enumerate(names):
         arrays = found[name]
-        si = np.searchsorted(steps, arrays[D.STEP])
         li = np.asarray([layer_index[str(x)] for x in arrays[D.LAYER]], dtype=np.int64)
         block[D.LAYER_POSITION][e, li] = np.arange(li.size)
-        if arrays[D.STEP].size == 0:
+        # a record appended by a writer after the layout was read may have a step the
+        # layout lacks: it is left out of this view (the next rebuild has it)
+        si = np.minimum(np.searchsorted(steps, arrays[D.STEP]), max(steps.size - 1, 0))
+        keep = steps[si] == arrays[D.STEP] if steps.size else np.zeros(0, bool)
+        if not keep.any():
             continue
+        si = si[keep]
         for k, m in enumerate(D.PHASE1_METRICS):
-            block[m][e][np.ix_(si, li)] = arrays["metrics"][:, :, k]
+            block[m][e][np.ix_(si, li)] = arrays["metrics"][keep][:, :, k]
         for v in (D.LOSS, D.GRAD_NORM, D.EPOCH):
-            block[v][e, si] = arrays[v]
+            block[v][e, si] = arrays[v][keep]
     return block
 
 
@@ -176,7 +180,21 @@ def _assemble(
 
 
 def rebuild(store: EntrySource) -> str:
-    """Write a fresh catalog for the current experiments; returns its group name."""
+    """Write a fresh catalog for the current experiments; returns its group name.
+
+    Raises
+    ------
+    StorageError
+        When the storage refuses the write (disk full, permission denied).
+    """
+    from ndt_store._location import storage_errors
+
+    with storage_errors(store.location):
+        return _rebuild(store)
+
+
+def _rebuild(store: EntrySource) -> str:
+    """:func:`rebuild` (OS errors converted by the caller)."""
     revisions = _revisions(store)
     names, steps, layers = _layout(store)
     cache = store.zarr_group.require_group(CACHE)

@@ -7,7 +7,10 @@ to that count, so rows that a killed writer left half-written are never seen,
 and a writer that resumes first truncates anything past the committed count.
 
 The registry of columns (name, dims) is committed in the same attribute write,
-so a column created by an interrupted append is invisible as well.
+so a column created by an interrupted append is invisible as well. A column
+first appended at row ``n > 0`` gets its fill value (NaN for floats) written
+into rows ``0..n-1`` in the same append, so every committed row of every column
+is stored and a missing chunk always means loss.
 """
 
 from __future__ import annotations
@@ -80,6 +83,22 @@ def _fill_value(dtype: np.dtype) -> Any:
     if dtype.kind in "iu":
         return 0
     return None
+
+
+def _fill_rows(arr: zarr.Array, start: int, stop: int) -> None:
+    """Write the fill value into rows ``[start, stop)`` of ``arr``, chunk by chunk.
+
+    Every chunk is stored (the frame's arrays write empty chunks), so rows that
+    never had a value read as missing (NaN for floats) and a missing chunk still
+    means loss. Memory stays at one chunk's worth of rows.
+    """
+    step = max(1, int(arr.chunks[0]))
+    block = np.full((min(step, stop - start), *arr.shape[1:]), _fill_value(arr.dtype), arr.dtype)
+    lo = start
+    while lo < stop:
+        hi = min(stop, (lo // step + 1) * step)
+        arr[lo:hi] = block[: hi - lo]
+        lo = hi
 
 
 class Frame:
@@ -278,6 +297,8 @@ class Frame:
                 overwrite=True,
                 config=_WRITE_ALL,
             )
+            if n:  # earlier rows never had this column: explicit missing values
+                _fill_rows(arr, 0, n)
             arr[n : n + k] = values
             registry[name] = list(col_dims)
         for name in registry:

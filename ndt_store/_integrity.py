@@ -161,8 +161,9 @@ def verify_store(store: Store, *, strict: bool = False) -> IntegrityReport:
             report.add("warning", path, "group without ndt_experiment attributes (ignored)")
             continue
         if not entry.get("committed"):
-            report.add("warning", path, "uncommitted leftover (invisible; removed on rewrite)")
-            continue
+            if entry.get("removed_at") is None:
+                report.add("warning", path, "uncommitted leftover (invisible; removed on rewrite)")
+            continue  # a removed experiment kept for its readers is not a problem
         report.checked["experiments"] += 1
         for key in ("revision", "phase1"):
             if key not in entry:
@@ -179,7 +180,8 @@ def verify_store(store: Store, *, strict: bool = False) -> IntegrityReport:
                 _check_phase1(report, frame)
         snaps = entry.get("snapshots", [])
         if snaps:
-            frame = _check_frame(store, report, group, "snapshots", "error")
+            name = str(entry.get("snapshot_frame", "snapshots"))
+            frame = _check_frame(store, report, group, name, "error")
             if frame is not None:
                 _check_snapshots(report, frame, snaps)
     _check_tables(store, report, missing)

@@ -89,6 +89,10 @@ class ReadOnlyError(NdtStoreError):
     """A write was attempted on a store opened read-only."""
 
 
+class StorageError(NdtStoreError, OSError):
+    """The storage refused a write or read: disk full, permission denied, I/O error."""
+
+
 class CorruptStoreError(NdtStoreError):
     """Stored metadata or chunks are truncated, corrupt or inconsistent."""
 

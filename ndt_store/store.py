@@ -4,7 +4,8 @@ Layout (Zarr v3)::
 
     <root>/zarr.json                       attrs: ndt_store = {format: 1}
     <root>/experiments/<name>/zarr.json    attrs: ndt_experiment = {committed, revision,
-                                                  phase1, content_hash, metadata}
+                                                  phase1, content_hash, metadata,
+                                                  snapshots, retired}
     <root>/experiments/<name>/phase1-<id>/ frame: step, layer, metrics, loss, grad_norm, epoch
     <root>/experiments/<name>/snapshots/   frame: step, weights/*, activations/*, attention/*
     <root>/tables/<name>/                  published tables, one 1-D array per column
@@ -13,13 +14,17 @@ Layout (Zarr v3)::
 
 An experiment is visible only once its group's ``committed`` flag is set, which
 happens in the last write of an ingest; frames commit their rows last (see
-:mod:`ndt_store._frame`). See ``docs/data-model.md`` and ``docs/guarantees.md``.
+:mod:`ndt_store._frame`). Writers merge into the entry as stored (read under the
+lock), never a cached copy. Groups superseded by a replace or a removal are listed
+under ``retired`` and kept for :data:`GRACE_SECONDS` for readers that opened them.
+See ``docs/data-model.md`` and ``docs/guarantees.md``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -48,9 +53,15 @@ from ndt_store._frame import (
     choose_compressors,
     take_rows,
 )
-from ndt_store._location import local_path, make_zarr_store
+from ndt_store._location import (
+    check_local_target,
+    check_new_location,
+    local_path,
+    make_zarr_store,
+    storage_errors,
+)
 from ndt_store._lock import local_lock
-from ndt_store._names import validate_name
+from ndt_store._names import normalize_name, validate_name
 from ndt_store.errors import (
     ConflictError,
     CorruptStoreError,
@@ -65,6 +76,10 @@ FORMAT_VERSION = 1
 ROOT_ATTR = "ndt_store"
 TABLES = "tables"
 SNAPSHOTS = "snapshots"
+
+GRACE_SECONDS = 3600.0
+"""How long the groups of a replaced or removed experiment are kept for readers
+that opened them before (the same grace rule as the derived cache's generations)."""
 
 Mode = Literal["r", "r+", "a", "w", "w-"]
 
@@ -107,6 +122,7 @@ class Store:
         self._local = local_path(location)
         self._entries: dict[str, dict[str, Any]] = {}
         self._listed = False
+        self._exact: set[str] = set()  # entries known current: read or written under our lock
         self._phase1_cache: dict[str, tuple[str, xr.Dataset, dict[str, np.ndarray]]] = {}
 
     # ------------------------------------------------------------------ basics
@@ -154,7 +170,7 @@ class Store:
             If another process is writing this experiment.
         """
         self._check_writable()
-        validate_name(experiment)  # the lock file is named after it: it must not escape
+        experiment = validate_name(experiment)  # the lock file is named after it
         held: set[str] = getattr(self, "_held", set())
         self._held = held
         if experiment in held:
@@ -164,12 +180,13 @@ class Store:
             ctx: Any = nullcontext()
         else:
             ctx = local_lock(self._local / ".locks", experiment, what=f"experiment {experiment!r}")
-        with ctx:
+        with storage_errors(self.location), ctx:
             held.add(experiment)
             try:
                 yield
             finally:
                 held.discard(experiment)
+                self._exact.discard(experiment)
 
     # ------------------------------------------------------------ experiments
     def _experiments_prefix(self) -> str:
@@ -216,6 +233,7 @@ class Store:
     def __contains__(self, experiment: object) -> bool:
         if not isinstance(experiment, str):
             return False
+        experiment = normalize_name(experiment)
         if experiment in self._entries:
             return True
         if self._listed:
@@ -240,9 +258,28 @@ class Store:
             )
         return entry
 
+    def _committed(self, experiment: str) -> dict[str, Any]:
+        """The current committed entry of ``experiment``, for a writer holding its lock.
+
+        Never the cached copy a reader may hold: another writer may have committed
+        since (a writer merges into what is stored, it never writes back a stale
+        copy). While this object has held the lock without a break (a local lock
+        excludes every other writer), what it read or wrote under it is current.
+        """
+        assert experiment in getattr(self, "_held", ()), "call under self.writer()"
+        if experiment in self._exact and experiment in self._entries:
+            return self._entries[experiment]
+        entry = self._read_entry(experiment)
+        if entry is None:
+            self._entry(experiment)  # raises NotFoundError naming the known experiments
+            raise NotFoundError(f"experiment {experiment!r} is not in store {self.location!r}")
+        if self._local is not None:
+            self._exact.add(experiment)
+        return entry
+
     def metadata(self, experiment: str) -> dict[str, Any]:
         """Run metadata of ``experiment`` (arch_name, dataset, num_steps, ...)."""
-        return dict(self._entry(experiment).get("metadata", {}))
+        return dict(self._entry(normalize_name(experiment)).get("metadata", {}))
 
     def _exp_group(self, experiment: str) -> zarr.Group:
         grp = self._experiments_group()[experiment]
@@ -252,6 +289,8 @@ class Store:
     def _set_entry(self, experiment: str, entry: dict[str, Any]) -> None:
         self._exp_group(experiment).attrs.update({EXP_ATTR: entry})
         self._entries[experiment] = entry
+        if self._local is not None and experiment in getattr(self, "_held", ()):
+            self._exact.add(experiment)
         if self._listed:
             self._entries = dict(sorted(self._entries.items()))
         self._phase1_cache.pop(experiment, None)
@@ -259,24 +298,120 @@ class Store:
     def delete_experiment(self, experiment: str) -> None:
         """Delete ``experiment`` and everything stored for it.
 
-        The experiment disappears from listings first (one metadata write), then
-        its arrays are removed; a crash in between leaves invisible garbage that
-        the next write of the same name removes.
+        The experiment disappears from listings at once (one metadata write). Its
+        arrays are kept for :data:`GRACE_SECONDS` for readers that opened it before,
+        then removed by :meth:`collect_garbage` (called here, and by the next
+        write of the same name).
         """
-        validate_name(experiment)
+        experiment = validate_name(experiment)
         self._entry(experiment)
         with self.writer(experiment):
+            entry = self._committed(experiment)
+            self._guard_local(experiment)
             grp = self._exp_group(experiment)
-            grp.attrs.update({EXP_ATTR: {"committed": False}})
-            self._experiments_group().__delitem__(experiment)
+            now = time.time()
+            live = [r for r in _live_groups(entry, now) if r["group"] in grp]
+            retired = [*entry.get("retired", []), *live]
+            grp.attrs.update(
+                {EXP_ATTR: {"committed": False, "removed_at": now, "retired": retired}}
+            )
+            self._entries.pop(experiment, None)
         self.refresh()
+        self.collect_garbage()
 
-    def _fresh_experiment_group(self, experiment: str) -> zarr.Group:
-        """Create an (invisible) experiment group, removing uncommitted leftovers."""
+    def collect_garbage(self) -> int:
+        """Remove groups of replaced or removed experiments older than the grace period.
+
+        Groups superseded less than :data:`GRACE_SECONDS` ago stay for readers that
+        opened them; experiments being written by another process are skipped.
+
+        Returns
+        -------
+        int
+            The number of groups removed.
+        """
+        self._check_writable()
         parent = self._experiments_group()
-        if experiment in parent:
+        removed = 0
+        now = time.time()
+        for name, grp in child_groups(parent):
+            entry = grp.attrs.get(EXP_ATTR)
+            if not isinstance(entry, dict) or not entry.get("retired"):
+                continue
+            due = [r for r in entry["retired"] if now - float(r.get("at", 0)) > GRACE_SECONDS]
+            gone = entry.get("removed_at") is not None and len(due) == len(entry["retired"])
+            if not due:
+                continue
+            try:
+                with self.writer(name):
+                    removed += self._collect_one(name, gone)
+            except ConflictError:
+                continue
+        return removed
+
+    def _collect_one(self, experiment: str, gone: bool) -> int:
+        """Under the lock: drop the expired retired groups of ``experiment``."""
+        self._guard_local(experiment)
+        parent = self._experiments_group()
+        grp = self._exp_group(experiment)
+        entry = grp.attrs.get(EXP_ATTR)
+        if not isinstance(entry, dict):
+            return 0
+        now = time.time()
+        keep = [r for r in entry.get("retired", []) if now - float(r.get("at", 0)) <= GRACE_SECONDS]
+        due = [r for r in entry.get("retired", []) if r not in keep]
+        if gone and not keep and not entry.get("committed"):
             parent.__delitem__(experiment)
-        return parent.create_group(experiment, attributes={EXP_ATTR: {"committed": False}})
+            return len(due)
+        grp.attrs.update({EXP_ATTR: {**entry, "retired": keep}})
+        if entry.get("committed"):
+            self._entries.pop(experiment, None)
+        for r in due:
+            if r.get("group") in grp:
+                grp.__delitem__(r["group"])
+        return len(due)
+
+    def _guard_local(self, experiment: str) -> None:
+        """Refuse to write through an experiment directory that leads out of the store."""
+        if self._local is None:
+            return
+        base = self._local / EXPERIMENTS
+        path = base / experiment
+        if (
+            path.is_symlink()
+            or base.is_symlink()
+            or (path.exists() and path.resolve().parent != base.resolve())
+        ):
+            raise CorruptStoreError(
+                f"{path} is a symbolic link (to {os.path.realpath(path)}); ndt_store never "
+                "writes or deletes through links out of the store: remove the link by hand"
+            )
+
+    def _fresh_experiment_group(self, experiment: str) -> tuple[zarr.Group, list[dict[str, Any]]]:
+        """An (invisible) experiment group to write, and the retired groups it keeps.
+
+        Leftovers of interrupted writes are removed; groups of a removed experiment
+        of the same name stay for their readers until the grace period is over.
+        """
+        self._guard_local(experiment)
+        parent = self._experiments_group()
+        attrs = {EXP_ATTR: {"committed": False}}
+        if experiment not in parent:
+            return parent.create_group(experiment, attributes=attrs), []
+        grp = self._exp_group(experiment)
+        old = grp.attrs.get(EXP_ATTR)
+        now = time.time()
+        retired = old.get("retired", []) if isinstance(old, dict) else []
+        keep = [r for r in retired if now - float(r.get("at", 0)) <= GRACE_SECONDS]
+        if not keep:
+            parent.__delitem__(experiment)
+            return parent.create_group(experiment, attributes=attrs), []
+        kept = {r["group"] for r in keep}
+        for name, _ in child_groups(grp):
+            if name not in kept:
+                grp.__delitem__(name)
+        grp.attrs.update({EXP_ATTR: {"committed": False, "retired": keep}})
+        return grp, keep
 
     # ------------------------------------------------------------------ phase 1
     def write_experiment(
@@ -309,14 +444,13 @@ class Store:
         str
             ``"created"``, ``"unchanged"`` or ``"replaced"``.
         """
-        validate_name(experiment)
+        experiment = validate_name(experiment)
         self._check_writable()
-        layers = [str(x) for x in phase1[D.LAYER].values]
-        for layer in layers:
-            validate_name(layer, kind="layer")
+        layers = [validate_name(str(x), kind="layer", path=False) for x in phase1[D.LAYER].values]
         with self.writer(experiment):
             old = self._read_entry(experiment)  # fresh, under the lock
             self._phase1_cache.pop(experiment, None)
+            kept: list[dict[str, Any]] = []
             if old is not None:
                 if content_hash is not None and old.get("content_hash") == content_hash:
                     return "unchanged"
@@ -325,9 +459,10 @@ class Store:
                         f"experiment {experiment!r} already exists in {self.location!r} with "
                         "different content; pass overwrite=True (CLI: --overwrite) to replace it"
                     )
+                self._guard_local(experiment)
                 grp = self._exp_group(experiment)
             else:
-                grp = self._fresh_experiment_group(experiment)
+                grp, kept = self._fresh_experiment_group(experiment)
             frame_name = f"phase1-{uuid.uuid4().hex[:12]}"
             frame = _create_phase1_frame(grp, frame_name, layers)
             _append_phase1_rows(frame, phase1, layers)
@@ -339,9 +474,13 @@ class Store:
                 "metadata": dict(metadata),
                 "snapshots": (old or {}).get("snapshots", []),
             }
+            if old is not None:
+                # the replaced Phase 1 group stays for readers that opened it (grace rule)
+                retired = [*old.get("retired", []), {"group": old["phase1"], "at": time.time()}]
+                entry.update(_carry(old), retired=_collect_due(grp, retired))
+            else:
+                entry.update(_new_layout(kept))
             self._set_entry(experiment, entry)
-            if old is not None and old.get("phase1") and old["phase1"] in grp:
-                grp.__delitem__(old["phase1"])
         return "replaced" if old is not None else "created"
 
     def create_run(
@@ -351,9 +490,8 @@ class Store:
 
         If the experiment exists with the same layers it is kept (resume).
         """
-        validate_name(experiment)
-        for layer in layers:
-            validate_name(layer, kind="layer")
+        experiment = validate_name(experiment)
+        layers = [validate_name(layer, kind="layer", path=False) for layer in layers]
         with self.writer(experiment):
             old = self._read_entry(experiment)  # fresh, under the lock
             self._phase1_cache.pop(experiment, None)
@@ -365,7 +503,7 @@ class Store:
                         f"with layers {list(layers)}"
                     )
                 return
-            grp = self._fresh_experiment_group(experiment)
+            grp, kept = self._fresh_experiment_group(experiment)
             frame_name = f"phase1-{uuid.uuid4().hex[:12]}"
             _create_phase1_frame(grp, frame_name, list(layers))
             self._set_entry(
@@ -377,13 +515,19 @@ class Store:
                     "content_hash": None,
                     "metadata": dict(metadata),
                     "snapshots": [],
+                    **_new_layout(kept),
                 },
             )
 
     def update_metadata(self, experiment: str, **fields: Any) -> None:
-        """Merge ``fields`` into the run metadata of ``experiment``."""
+        """Merge ``fields`` into the run metadata of ``experiment``.
+
+        The merge is made into the entry as stored now (read under the writer
+        lock), so fields, records and snapshots committed by other writers stay.
+        """
+        experiment = normalize_name(experiment)
         with self.writer(experiment):
-            entry = dict(self._entry(experiment))
+            entry = dict(self._committed(experiment))
             entry["metadata"] = {**entry.get("metadata", {}), **fields}
             self._set_entry(experiment, entry)
 
@@ -392,8 +536,9 @@ class Store:
 
         Returns the number of stored records.
         """
+        experiment = normalize_name(experiment)
         with self.writer(experiment):
-            entry = dict(self._entry(experiment))
+            entry = dict(self._committed(experiment))
             frame = Frame(self._exp_group(experiment)[entry["phase1"]])  # type: ignore[arg-type]
             layers = [str(x) for x in frame.read(D.LAYER)]
             if frame.rows:
@@ -454,14 +599,14 @@ class Store:
         Layers are the experiment's own, in their original order; ``index`` is the
         record index along ``step``; metadata are attributes.
         """
-        return self._phase1_cached(experiment)[1]
+        return self._phase1_cached(normalize_name(experiment))[1]
 
     def record(self, experiment: str, step: int) -> dict[str, Any]:
         """The Phase 1 record closest to training ``step``, as the study's JSON dict.
 
         Ties go to the earlier record (as the legacy ``min`` over positions did).
         """
-        arrays = self._phase1_numpy(experiment)
+        arrays = self._phase1_numpy(normalize_name(experiment))
         steps = arrays[D.STEP]
         if steps.size == 0:
             raise NotFoundError(f"experiment {experiment!r} has no Phase 1 records yet")
@@ -486,18 +631,22 @@ class Store:
         return ds
 
     # ---------------------------------------------------------------- snapshots
-    def _snapshot_frame(self, experiment: str, *, create: bool = False) -> Frame | None:
+    def _snapshot_frame(
+        self, experiment: str, *, create: bool = False, entry: Mapping[str, Any] | None = None
+    ) -> Frame | None:
+        entry = self._entry(experiment) if entry is None else entry
+        name = _snapshot_frame_name(entry)
         grp = self._exp_group(experiment)
-        if SNAPSHOTS in grp:
-            node = grp[SNAPSHOTS]
-            listed = self._entry(experiment).get("snapshots")
+        if name in grp:
+            node = grp[name]
+            listed = entry.get("snapshots")
             if create and not listed and FRAME_ATTR not in node.attrs:
                 # left by a writer killed while creating it; nothing was committed there
-                return Frame.create(grp, SNAPSHOTS)
+                return Frame.create(grp, name)
             return Frame(node)  # type: ignore[arg-type]
         if not create:
             return None
-        return Frame.create(grp, SNAPSHOTS)
+        return Frame.create(grp, name)
 
     def write_snapshot(
         self,
@@ -536,6 +685,7 @@ class Store:
             Replace a snapshot already stored at ``step``.
         """
         step = int(step)
+        experiment = normalize_name(experiment)
         columns: dict[str, np.ndarray] = {D.STEP: np.asarray([step], dtype=np.int64)}
         dims: dict[str, tuple[str, ...]] = {D.STEP: (D.STEP,)}
         chunks: dict[str, tuple[int, ...]] = {}
@@ -549,7 +699,7 @@ class Store:
                 continue
             kinds.append(kind)
             for name, value in tensors.items():
-                validate_name(name, kind="parameter" if kind == D.WEIGHTS else "layer")
+                name = validate_name(name, kind="parameter" if kind == D.WEIGHTS else "layer")
                 arr = np.asarray(value)
                 if arr.dtype.kind not in "fiub":
                     raise InputError(f"{kind} {name!r}: dtype {arr.dtype} is not numeric")
@@ -567,9 +717,9 @@ class Store:
         if not kinds:
             raise InputError("write_snapshot needs weights, activations or attention")
         with self.writer(experiment):
-            entry = dict(self._entry(experiment))
+            entry = dict(self._committed(experiment))  # as stored now: merge, never overwrite
             snaps = list(entry.get("snapshots", []))
-            frame = self._snapshot_frame(experiment, create=True)
+            frame = self._snapshot_frame(experiment, create=True, entry=entry)
             assert frame is not None
             if probe_hash is not None:
                 known: Any = frame.group.attrs.get(D.PROBE_HASH)
@@ -608,7 +758,7 @@ class Store:
 
     def snapshot_steps(self, experiment: str, kind: str | None = None) -> list[int]:
         """Sorted training steps with a committed snapshot (of ``kind`` if given)."""
-        snaps = self._entry(experiment).get("snapshots", [])
+        snaps = self._entry(normalize_name(experiment)).get("snapshots", [])
         return sorted({s["step"] for s in snaps if kind is None or kind in s["kinds"]})
 
     def _snapshot_rows(self, experiment: str, kind: str) -> tuple[Frame, np.ndarray, np.ndarray]:
@@ -624,6 +774,8 @@ class Store:
     def _snapshot_arrays(
         self, experiment: str, kind: str, name: str | None
     ) -> dict[str, xr.DataArray]:
+        experiment = normalize_name(experiment)
+        name = None if name is None else normalize_name(name)
         frame, steps, rows = self._snapshot_rows(experiment, kind)
         prefix = f"{kind}/"
         cols = {c: d for c, d in frame.columns.items() if c.startswith(prefix)}
@@ -673,12 +825,13 @@ class Store:
     def activations(self, experiment: str, layer: str | None = None) -> Any:
         """Probe-batch activations: one layer's DataArray, or ``{layer: DataArray}``."""
         out = self._snapshot_arrays(experiment, D.ACTIVATIONS, layer)
-        return out[layer] if layer is not None else out
+        return out[normalize_name(layer)] if layer is not None else out
 
     def attention(self, experiment: str, layer: str | None = None) -> Any:
         """Attention probabilities ``(step, sample, head, query, key)`` per layer."""
         out = self._snapshot_arrays(experiment, D.ATTENTION, layer)
         if layer is not None:
+            layer = normalize_name(layer)
             return out[layer].assign_coords({D.HEAD: np.arange(out[layer].sizes[D.HEAD])})
         return {k: v.assign_coords({D.HEAD: np.arange(v.sizes[D.HEAD])}) for k, v in out.items()}
 
@@ -689,11 +842,11 @@ class Store:
         The columns are written into a fresh version group; the table's pointer to
         it is written last, so a crash leaves either the old table or the new one.
         """
-        validate_name(name, kind="table")
+        name = validate_name(name, kind="table")
         self._check_writable()
-        parent = self._root.require_group(TABLES)
-        assert isinstance(parent, zarr.Group)
         with self.writer(f"table-{name}"):
+            parent = self._root.require_group(TABLES)
+            assert isinstance(parent, zarr.Group)
             holder = parent.get(name)
             current: Any = holder.attrs.get("current") if isinstance(holder, zarr.Group) else None
             if current is not None:
@@ -753,6 +906,46 @@ class Store:
         return sorted(n for n, g in child_groups(parent) if g.attrs.get("current"))
 
 
+def _snapshot_frame_name(entry: Mapping[str, Any]) -> str:
+    """Name of the snapshot frame group of an experiment entry."""
+    return str(entry.get("snapshot_frame", SNAPSHOTS))
+
+
+def _live_groups(entry: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
+    """The groups a committed entry reads, as retired records stamped ``now``."""
+    names = [entry.get("phase1"), _snapshot_frame_name(entry)]
+    return [{"group": str(g), "at": now} for g in names if g]
+
+
+def _carry(old: Mapping[str, Any]) -> dict[str, Any]:
+    """Layout keys a replacement keeps from the entry it replaces."""
+    return {k: old[k] for k in ("snapshot_frame",) if k in old}
+
+
+def _new_layout(kept: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Layout keys of a new experiment whose group still holds ``kept`` retired groups."""
+    out: dict[str, Any] = {"retired": list(kept)} if kept else {}
+    if any(r.get("group") == SNAPSHOTS for r in kept):
+        out["snapshot_frame"] = f"{SNAPSHOTS}-{uuid.uuid4().hex[:12]}"
+    return out
+
+
+def _collect_due(grp: zarr.Group, retired: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Delete the retired groups of ``grp`` past the grace period; return the others.
+
+    Called by a writer holding the experiment's lock, before its commit: a group
+    is deleted only once no committed entry written in the last
+    :data:`GRACE_SECONDS` points to it.
+    """
+    now = time.time()
+    keep = [r for r in retired if now - float(r.get("at", 0)) <= GRACE_SECONDS]
+    for r in retired:
+        name = str(r.get("group", ""))
+        if r not in keep and name and name in grp:
+            grp.__delitem__(name)
+    return keep
+
+
 def _read_table(group: zarr.Group) -> pd.DataFrame:
     cols: Any = group.attrs.get("columns", [])
     data = {}
@@ -791,7 +984,10 @@ def _append_phase1_rows(frame: Frame, ds: xr.Dataset, layers: list[str]) -> int:
     if missing:
         raise InputError(f"Phase 1 rows lack variables {missing}")
     ds = ds.transpose(D.STEP, D.LAYER, ...)
-    if [str(x) for x in ds[D.LAYER].values] != layers:
+    given = [normalize_name(str(x)) for x in ds[D.LAYER].values]
+    if given != [str(x) for x in ds[D.LAYER].values]:
+        ds = ds.assign_coords({D.LAYER: given})  # layer names are compared in NFC
+    if given != layers:
         try:
             ds = ds.sel({D.LAYER: layers})
         except KeyError:
@@ -902,12 +1098,25 @@ def open_store(
     """
     if mode not in ("r", "r+", "a", "w", "w-"):
         raise NdtStoreError(f"mode must be one of 'r', 'r+', 'a', 'w', 'w-' (got {mode!r})")
+    check_local_target(location)
+    with storage_errors(os.fspath(location)):
+        return _open_store(location, mode, storage_options)
+
+
+def _open_store(
+    location: str | os.PathLike[str], mode: Mode, storage_options: dict[str, Any] | None
+) -> Store:
+    """:func:`open_store` (arguments checked; OS errors converted by the caller)."""
     zstore = make_zarr_store(location, read_only=mode == "r", storage_options=storage_options)
     exists = _root_exists(zstore)
     if mode in ("r", "r+") and not exists:
         raise NotFoundError(f"no ndt_store store at {os.fspath(location)!r}")
     if mode == "w-" and exists:
         raise ExperimentExistsError(f"a store already exists at {os.fspath(location)!r}")
+    if mode == "w" and exists:
+        _check_is_store(zstore, location)  # "w" deletes: only ever an ndt_store store
+    if not exists:
+        check_new_location(location, _root_names(zstore))
     if mode == "w" or not exists:
         # root metadata and its format attribute in one write: never half-created
         root = zarr.open_group(
@@ -940,6 +1149,32 @@ def open_store(
                 f"ndt_store understands ({FORMAT_VERSION}); upgrade ndt-store"
             )
     return Store(location, root, mode)
+
+
+def _root_names(zstore: Any) -> list[str]:
+    """Entries at the root of ``zstore`` (empty when the location does not exist)."""
+
+    async def names() -> list[str]:
+        return [n async for n in zstore.list_dir("")]
+
+    try:
+        return sync(names())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _check_is_store(zstore: Any, location: str | os.PathLike[str]) -> None:
+    """Raise unless the root metadata at ``zstore`` is an ndt_store store's."""
+    buf = sync(zstore.get("zarr.json", prototype=default_buffer_prototype()))
+    try:
+        attrs = json.loads(buf.to_bytes()).get("attributes", {}) if buf is not None else {}
+    except (ValueError, AttributeError):
+        attrs = {}
+    if not isinstance(attrs, dict) or ROOT_ATTR not in attrs:
+        raise NdtStoreError(
+            f"{os.fspath(location)!r} is a Zarr dataset but not an ndt_store store; "
+            "mode='w' would delete it: nothing was written"
+        )
 
 
 def _root_exists(zstore: Any) -> bool:

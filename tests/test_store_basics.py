@@ -12,6 +12,7 @@ import zarr
 
 import ndt_store
 from ndt_store import _dims as D
+from ndt_store import store as store_module
 from ndt_store._names import validate_name
 from ndt_store.errors import (
     ConflictError,
@@ -219,12 +220,15 @@ def test_append_with_wrong_layers_is_refused_unchanged(store: ndt_store.Store) -
 
 
 # ----------------------------------------------------------------------- delete
-def test_delete_and_recreate(filled: tuple[Path, dict], tmp_path: Path) -> None:
+def test_delete_and_recreate(
+    filled: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, objs = filled
     s = ndt_store.open_store(path)
     s.delete_experiment("alpha")
     assert s.experiments() == ["beta"]
-    assert not (path / "experiments" / "alpha").exists()
+    # kept for readers that opened it before, until the grace period is over
+    assert (path / "experiments" / "alpha").exists()
     assert ndt_store.open_store(path, mode="r").experiments() == ["beta"]
     with pytest.raises(NotFoundError):
         s.delete_experiment("alpha")
@@ -234,6 +238,13 @@ def test_delete_and_recreate(filled: tuple[Path, dict], tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         s.phase1("alpha")[D.LOSS].values, [r["loss"] for r in objs["alpha"]["measurements"]]
     )
+    s.delete_experiment("beta")
+    monkeypatch.setattr(store_module, "GRACE_SECONDS", -1.0)
+    assert s.collect_garbage() == 2  # beta's Phase 1 group and alpha's removed one
+    assert not (path / "experiments" / "beta").exists()
+    assert [p.name for p in (path / "experiments" / "alpha").iterdir() if p.is_dir()] == [
+        s._entry("alpha")["phase1"]
+    ]
 
 
 # -------------------------------------------------------------------- read-only

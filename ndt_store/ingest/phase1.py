@@ -229,7 +229,7 @@ def parse_phase1(
         )
     for layer in layers:
         try:
-            validate_name(layer, kind="layer")
+            validate_name(layer, kind="layer", path=False)
         except InvalidNameError as exc:
             raise InputError(str(exc), source=source, record=0, field="layer_metrics") from None
     n, n_l = len(records), len(layers)
@@ -331,9 +331,14 @@ def read_phase1_json(
         obj = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"malformed JSON: {exc}", source=path) from None
-    return parse_phase1(
-        obj, name=name or path.stem, source=str(path), allow_nonfinite=allow_nonfinite
-    )
+    except RecursionError:
+        raise InputError("JSON nested too deeply to read", source=path) from None
+    try:
+        return parse_phase1(
+            obj, name=name or path.stem, source=str(path), allow_nonfinite=allow_nonfinite
+        )
+    except RecursionError:  # a value nested deeply enough to exhaust the stack when hashed
+        raise InputError("JSON nested too deeply to read", source=path) from None
 
 
 def find_phase1_files(source: str | os.PathLike[str]) -> list[Path]:
