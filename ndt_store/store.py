@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ndt_store import _dims as D
