@@ -9,7 +9,7 @@ Layout (Zarr v3)::
     <root>/experiments/<name>/snapshots/   frame: step, weights/*, activations/*, attention/*
     <root>/tables/<name>/                  published tables, one 1-D array per column
     <root>/_cache/phase1-<id>/             derived cross-experiment view (rebuilt when stale)
-    <root>/.locks/                         writer locks (local stores)
+    <root>/.locks/                         writer locks (local files, S3 leases)
 
 An experiment is visible only once its group's ``committed`` flag is set, which
 happens in the last write of an ingest; frames commit their rows last (see
@@ -22,7 +22,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -42,7 +42,7 @@ from ndt_store._frame import (
     take_rows,
 )
 from ndt_store._location import local_path, make_zarr_store
-from ndt_store._lock import local_lock
+from ndt_store._lock import store_lock
 from ndt_store._names import validate_name
 from ndt_store.errors import (
     ConflictError,
@@ -155,11 +155,9 @@ class Store:
         if experiment in held:
             yield
             return
-        if self._local is None:
-            ctx: Any = nullcontext()
-        else:
-            ctx = local_lock(self._local / ".locks", experiment, what=f"experiment {experiment!r}")
-        with ctx:
+        locks = None if self._local is None else self._local / ".locks"
+        what = f"experiment {experiment!r}"
+        with store_lock(self._root.store, locks, experiment, what=what):
             held.add(experiment)
             try:
                 yield
