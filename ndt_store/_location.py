@@ -201,9 +201,17 @@ class S3ZarrStore(FsspecStore):
             return
         fs._ndt_finalizer = weakref.finalize(fs, _close_s3_session, creator)
 
+    async def _exists(self, key: str) -> bool:
+        found = await FsspecStore.exists(self, key)
+        if not found and key == "zarr.json":  # no store here: say so if the bucket is missing
+            bucket = self.path.split("/", 1)[0]
+            if not await self.fs._exists(bucket):
+                raise FileNotFoundError(f"NoSuchBucket: {bucket}")
+        return found
+
     get = _guarded(FsspecStore.get, write=False)
     get_partial_values = _guarded(FsspecStore.get_partial_values, write=False)
-    exists = _guarded(FsspecStore.exists, write=False)
+    exists = _guarded(_exists, write=False)
     getsize = _guarded(FsspecStore.getsize, write=False)
     set = _guarded(FsspecStore.set, write=True)
     delete = _guarded(FsspecStore.delete, write=True)

@@ -1,0 +1,80 @@
+"""A writer for the S3 concurrency tests: snapshots (and Phase 1 rows) into one experiment.
+
+Run as ``python s3_writer.py URL EXPERIMENT WRITER_ID COUNT MODE`` with the endpoint
+and credentials in the environment. Writer ``k`` stores snapshots at steps
+``100_000 * k + j``; writer 0 also appends one Phase 1 record (step ``j``) after each
+snapshot. An attempt refused with :class:`~ndt_store.ConflictError` (the other
+writer holds the lock) is retried; anything else fails the writer. Prints one
+JSON line: the committed snapshot steps, Phase 1 steps and the number of refusals.
+
+``MODE`` is ``fresh`` (a new ``Store`` object for every write), ``refresh`` (one
+long-lived object, ``refresh()`` before each write) or ``long`` (one long-lived
+object, never refreshed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+import ndt_store
+from ndt_store import _dims as D
+
+LAYERS = ["l0", "l1"]
+
+
+def phase1_row(step: int) -> xr.Dataset:
+    """One Phase 1 record over :data:`LAYERS`."""
+    data: dict[str, Any] = {
+        m: ((D.STEP, D.LAYER), np.full((1, len(LAYERS)), float(step))) for m in D.PHASE1_METRICS
+    }
+    data[D.LOSS] = ((D.STEP,), np.asarray([1.0 / (step + 1)]))
+    return xr.Dataset(data, coords={D.STEP: [step], D.LAYER: LAYERS})
+
+
+def retry(fn: Any, refusals: list[int]) -> Any:
+    """Call ``fn`` until it is not refused by another writer's lock."""
+    while True:
+        try:
+            return fn()
+        except ndt_store.ConflictError:
+            refusals.append(1)
+            time.sleep(0.01)
+
+
+def run(url: str, experiment: str, writer: int, count: int, mode: str) -> dict[str, Any]:
+    """Write ``count`` snapshots (and Phase 1 rows for writer 0); report what committed."""
+    opts = {"skip_instance_cache": True}
+    long_lived = ndt_store.open_store(url, storage_options=opts)
+    retry(lambda: long_lived.create_run(experiment, {"arch_name": "soak"}, LAYERS), [])
+    snaps: list[int] = []
+    rows: list[int] = []
+    refusals: list[int] = []
+
+    def store() -> ndt_store.Store:
+        if mode == "fresh":
+            return ndt_store.open_store(url, storage_options=opts)
+        if mode == "refresh":
+            long_lived.refresh()
+        return long_lived
+
+    for j in range(count):
+        step = 100_000 * writer + j
+        weights = {"w": np.full((3, 2), float(step), dtype=np.float32)}
+        retry(lambda step=step, weights=weights: store().write_snapshot(
+            experiment, step, weights=weights), refusals)  # fmt: skip
+        snaps.append(step)
+        if writer == 0:
+            retry(lambda j=j: store().append_phase1(experiment, phase1_row(j)), refusals)
+            rows.append(j)
+    return {"writer": writer, "snapshots": snaps, "phase1": rows, "refusals": len(refusals)}
+
+
+if __name__ == "__main__":
+    url, experiment, writer, count, mode = sys.argv[1:6]
+    print(json.dumps(run(url, experiment, int(writer), int(count), mode)), flush=True)
