@@ -197,13 +197,7 @@ class ObjectLease:
         except RemoteStoreError:
             raise
         except Exception as exc:
-            text = " ".join(str(exc).split())
-            if len(text) > 300:
-                text = text[:297] + "..."
-            raise RemoteStoreError(
-                f"{self.zstore.url}: writer lock {self.key!r}: S3 request failed "
-                f"({type(exc).__name__}: {text})"
-            ) from None
+            raise _lock_error(exc, self.zstore, self.key) from None
 
     # ------------------------------------------------------------ protocol
     def acquire(self) -> None:
@@ -326,6 +320,30 @@ class ObjectLease:
             except RemoteStoreError:
                 pass  # unreleased: it is abandoned after ttl seconds
             self._etag = None
+
+
+def _lock_error(exc: Exception, zstore: S3ZarrStore, key: str) -> RemoteStoreError:
+    """A one-line error for a failed lease request (obstore's messages span many lines)."""
+    from ndt_store._location import S3_ATTEMPTS_ENV, S3_TIMEOUT_ENV
+
+    text = " ".join(str(exc).split())
+    where = f"{zstore.url}: writer lock {key!r}"
+    limits = (
+        f"{zstore.attempts} attempt(s), {zstore.timeout:g} s timeout; "
+        f"set {S3_TIMEOUT_ENV} / {S3_ATTEMPTS_ENV} to change"
+    )
+    low = text.lower()
+    if "connection refused" in low or "tcp connect" in low or "dns error" in low:
+        return RemoteStoreError(f"{where}: cannot connect to the S3 endpoint ({limits})")
+    if "timed out" in low or "timeout" in low or "error sending request" in low:
+        return RemoteStoreError(f"{where}: the S3 endpoint did not answer ({limits})")
+    if "credential" in low:
+        return RemoteStoreError(f"{where}: no usable S3 credentials ({text[:200]})")
+    if "403" in low or "accessdenied" in low or "forbidden" in low:
+        return RemoteStoreError(f"{where}: access denied by S3 ({text[:200]})")
+    if "nosuchbucket" in low:
+        return RemoteStoreError(f"{where}: S3 bucket does not exist")
+    return RemoteStoreError(f"{where}: S3 request failed ({type(exc).__name__}: {text[:200]})")
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
