@@ -14,9 +14,9 @@ import asyncio
 import functools
 import os
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from zarr.abc.store import Store as ZarrStore
 from zarr.storage import FsspecStore, LocalStore
@@ -30,7 +30,7 @@ S3_ATTEMPTS_ENV = "NDT_STORE_S3_ATTEMPTS"
 DEFAULT_S3_TIMEOUT = 20.0
 DEFAULT_S3_ATTEMPTS = 3
 
-T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def is_url(location: str | os.PathLike[str]) -> bool:
@@ -125,9 +125,11 @@ class _Lease(Protocol):
     def check(self) -> None: ...
 
 
-def _guarded(method: Callable[..., Awaitable[T]], *, write: bool) -> Callable[..., Awaitable[T]]:
+def _guarded(method: F, *, write: bool) -> F:
+    """Wrap an async store method: lease check before writes, one-line errors."""
+
     @functools.wraps(method)
-    async def wrapper(self: S3ZarrStore, *args: Any, **kwargs: Any) -> T:
+    async def wrapper(self: S3ZarrStore, *args: Any, **kwargs: Any) -> Any:
         if write:
             self.check_leases()
         try:
@@ -140,12 +142,12 @@ def _guarded(method: Callable[..., Awaitable[T]], *, write: bool) -> Callable[..
         finally:
             self._close_session_later()
 
-    return wrapper
+    return cast(F, wrapper)
 
 
-def _guarded_iter(
-    method: Callable[..., AsyncIterator[str]],
-) -> Callable[..., AsyncIterator[str]]:
+def _guarded_iter(method: F) -> F:
+    """Wrap an async listing method: one-line errors."""
+
     @functools.wraps(method)
     async def wrapper(self: S3ZarrStore, *args: Any, **kwargs: Any) -> AsyncIterator[str]:
         try:
@@ -159,7 +161,7 @@ def _guarded_iter(
         finally:
             self._close_session_later()
 
-    return wrapper
+    return cast(F, wrapper)
 
 
 class S3ZarrStore(FsspecStore):

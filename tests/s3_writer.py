@@ -1,6 +1,6 @@
 """A writer for the S3 concurrency tests: snapshots (and Phase 1 rows) into one experiment.
 
-Run as ``python s3_writer.py URL EXPERIMENT WRITER_ID COUNT MODE`` with the endpoint
+Run as ``python s3_writer.py URL EXPERIMENT WRITER_ID COUNT MODE [SECONDS]`` with the endpoint
 and credentials in the environment. Writer ``k`` stores snapshots at steps
 ``100_000 * k + j``; writer 0 also appends one Phase 1 record (step ``j``) after each
 snapshot. An attempt refused with :class:`~ndt_store.ConflictError` (the other
@@ -47,8 +47,14 @@ def retry(fn: Any, refusals: list[int]) -> Any:
             time.sleep(0.01)
 
 
-def run(url: str, experiment: str, writer: int, count: int, mode: str) -> dict[str, Any]:
-    """Write ``count`` snapshots (and Phase 1 rows for writer 0); report what committed."""
+def run(
+    url: str, experiment: str, writer: int, count: int, mode: str, seconds: float = 0.0
+) -> dict[str, Any]:
+    """Write ``count`` snapshots (and Phase 1 rows for writer 0); report what committed.
+
+    With ``seconds`` > 0, stop early once that much time has passed.
+    """
+    deadline = time.monotonic() + seconds if seconds > 0 else float("inf")
     opts = {"skip_instance_cache": True}
     long_lived = ndt_store.open_store(url, storage_options=opts)
     retry(lambda: long_lived.create_run(experiment, {"arch_name": "soak"}, LAYERS), [])
@@ -64,6 +70,8 @@ def run(url: str, experiment: str, writer: int, count: int, mode: str) -> dict[s
         return long_lived
 
     for j in range(count):
+        if time.monotonic() > deadline:
+            break
         step = 100_000 * writer + j
         weights = {"w": np.full((3, 2), float(step), dtype=np.float32)}
         retry(lambda step=step, weights=weights: store().write_snapshot(
@@ -77,4 +85,5 @@ def run(url: str, experiment: str, writer: int, count: int, mode: str) -> dict[s
 
 if __name__ == "__main__":
     url, experiment, writer, count, mode = sys.argv[1:6]
-    print(json.dumps(run(url, experiment, int(writer), int(count), mode)), flush=True)
+    seconds = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
+    print(json.dumps(run(url, experiment, int(writer), int(count), mode, seconds)), flush=True)
