@@ -1,6 +1,6 @@
 """A writer for the S3 concurrency tests: snapshots (and Phase 1 rows) into one experiment.
 
-Run as ``python s3_writer.py URL EXPERIMENT WRITER_ID COUNT MODE [SECONDS]`` with the endpoint
+Run as ``python s3_writer.py URL EXPERIMENT WRITER_ID COUNT MODE [SECONDS [PAUSE]]`` with the endpoint
 and credentials in the environment. Writer ``k`` stores snapshots at steps
 ``100_000 * k + j``; writer 0 also appends one Phase 1 record (step ``j``) after each
 snapshot. An attempt refused with :class:`~ndt_store.ConflictError` (the other
@@ -15,6 +15,7 @@ object, never refreshed).
 from __future__ import annotations
 
 import json
+import random
 import sys
 import time
 from typing import Any
@@ -48,11 +49,18 @@ def retry(fn: Any, refusals: list[int]) -> Any:
 
 
 def run(
-    url: str, experiment: str, writer: int, count: int, mode: str, seconds: float = 0.0
+    url: str,
+    experiment: str,
+    writer: int,
+    count: int,
+    mode: str,
+    seconds: float = 0.0,
+    pause: float = 0.0,
 ) -> dict[str, Any]:
     """Write ``count`` snapshots (and Phase 1 rows for writer 0); report what committed.
 
-    With ``seconds`` > 0, stop early once that much time has passed.
+    With ``seconds`` > 0, stop early once that much time has passed; ``pause`` is the
+    longest random wait between two writes (the training step between snapshots).
     """
     deadline = time.monotonic() + seconds if seconds > 0 else float("inf")
     opts = {"skip_instance_cache": True}
@@ -80,10 +88,14 @@ def run(
         if writer == 0:
             retry(lambda j=j: store().append_phase1(experiment, phase1_row(j)), refusals)
             rows.append(j)
+        if pause:
+            time.sleep(random.uniform(0, pause))
     return {"writer": writer, "snapshots": snaps, "phase1": rows, "refusals": len(refusals)}
 
 
 if __name__ == "__main__":
     url, experiment, writer, count, mode = sys.argv[1:6]
     seconds = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
-    print(json.dumps(run(url, experiment, int(writer), int(count), mode, seconds)), flush=True)
+    pause = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
+    result = run(url, experiment, int(writer), int(count), mode, seconds, pause)
+    print(json.dumps(result), flush=True)

@@ -3,7 +3,7 @@
 Two processes write snapshots (and one of them Phase 1 records) into the same
 experiment on a moto S3 server for ``NDT_S3_SOAK_SECONDS`` (default 120), one with
 a fresh ``Store`` per write, one with a long-lived ``Store`` refreshed before each
-write; a third process reads in a loop. Every commit a writer reported must be
+write, each pausing up to 0.5 s between writes; a third process reads in a loop. Every commit a writer reported must be
 found afterwards (0 lost), the reader must never see the store as corrupt, and
 ``verify_store`` must be clean. Run: ``pytest -m slow tests/slow/test_s3_soak.py -s``.
 """
@@ -61,6 +61,7 @@ print(loops, corrupt)
 @pytest.mark.slow
 def test_s3_two_writer_soak() -> None:
     seconds = float(os.environ.get("NDT_S3_SOAK_SECONDS", "120"))
+    assert seconds > 0
     server, endpoint = start_server()
     try:
         reset(endpoint)
@@ -70,7 +71,7 @@ def test_s3_two_writer_soak() -> None:
         start = time.monotonic()
         procs = [
             subprocess.Popen(
-                [sys.executable, writer, url, "e", str(k), "1000000", mode, str(seconds)],
+                [sys.executable, writer, url, "e", str(k), "1000000", mode, str(seconds), "0.5"],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
