@@ -1,7 +1,7 @@
 """A writer for the S3 concurrency tests: snapshots (and Phase 1 rows) into one experiment.
 
-Run as ``python s3_writer.py URL EXPERIMENT WRITER_ID COUNT MODE [SECONDS [PAUSE]]`` with the endpoint
-and credentials in the environment. Writer ``k`` stores snapshots at steps
+Run as ``python s3_writer.py URL EXPERIMENT WRITER_ID COUNT MODE [SECONDS [PAUSE]]``
+with the endpoint and credentials in the environment. Writer ``k`` stores snapshots at steps
 ``100_000 * k + j``; writer 0 also appends one Phase 1 record (step ``j``) after each
 snapshot. An attempt refused with :class:`~ndt_store.ConflictError` (the other
 writer holds the lock) is retried; anything else fails the writer. Prints one
