@@ -5,7 +5,8 @@ experiment on a moto S3 server for ``NDT_S3_SOAK_SECONDS`` (default 120), one wi
 a fresh ``Store`` per write, one with a long-lived ``Store`` refreshed before each
 write, each pausing up to 0.5 s between writes; a third process reads in a loop.
 Every commit a writer reported must be found afterwards (0 lost), the reader
-must never see the store as corrupt, and ``verify_store`` must be clean. Run: ``pytest -m slow tests/slow/test_s3_soak.py -s``.
+must never see the store as corrupt, and ``verify_store`` must be clean.
+Run: ``pytest -m slow tests/slow/test_s3_soak.py -s``.
 """
 
 from __future__ import annotations
