@@ -186,6 +186,13 @@ class S3ZarrStore(FsspecStore):
         out.url, out.timeout, out.attempts = self.url, self.timeout, self.attempts
         return out
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a pickled copy (a dask task) reads; it holds no lease and builds its own clients
+        state = dict(self.__dict__)
+        state["leases"] = {}
+        state.pop("_obstore", None)
+        return state
+
     def check_leases(self) -> None:
         """Raise :class:`~ndt_store.errors.ConflictError` if a held writer lease lapsed."""
         for lease in list(self.leases.values()):

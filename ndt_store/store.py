@@ -31,6 +31,7 @@ import xarray as xr
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.errors import ContainsGroupError
 
 from ndt_store import _dims as D
 from ndt_store._frame import (
@@ -934,7 +935,10 @@ def open_store(
             zarr_format=3,
             attributes={ROOT_ATTR: {"format": FORMAT_VERSION}},
         )
-        root.require_group(EXPERIMENTS)
+        try:
+            root.require_group(EXPERIMENTS)
+        except ContainsGroupError:  # another process created the store at the same moment
+            pass
     else:
         try:
             root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+", zarr_format=3)
