@@ -927,19 +927,21 @@ def open_store(
         raise NotFoundError(f"no ndt_store store at {os.fspath(location)!r}")
     if mode == "w-" and exists:
         raise ExperimentExistsError(f"a store already exists at {os.fspath(location)!r}")
+    created = False
     if mode == "w" or not exists:
-        # root metadata and its format attribute in one write: never half-created
-        root = zarr.open_group(
-            zstore,
-            mode="w" if mode == "w" else "a",
-            zarr_format=3,
-            attributes={ROOT_ATTR: {"format": FORMAT_VERSION}},
-        )
         try:
+            # root metadata and its format attribute in one write: never half-created
+            root = zarr.open_group(
+                zstore,
+                mode="w" if mode == "w" else "a",
+                zarr_format=3,
+                attributes={ROOT_ATTR: {"format": FORMAT_VERSION}},
+            )
             root.require_group(EXPERIMENTS)
-        except ContainsGroupError:  # another process created the store at the same moment
+            created = True
+        except ContainsGroupError:  # another process created it at the same moment: open it
             pass
-    else:
+    if not created:
         try:
             root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+", zarr_format=3)
         except (ValueError, TypeError) as exc:

@@ -82,11 +82,13 @@ def run(
             break
         step = 100_000 * writer + j
         weights = {"w": np.full((3, 2), float(step), dtype=np.float32)}
-        retry(lambda step=step, weights=weights: store().write_snapshot(
+        s = store()  # refused attempts are retried through the same object
+        retry(lambda s=s, step=step, weights=weights: s.write_snapshot(
             experiment, step, weights=weights), refusals)  # fmt: skip
         snaps.append(step)
         if writer == 0:
-            retry(lambda j=j: store().append_phase1(experiment, phase1_row(j)), refusals)
+            s = store()
+            retry(lambda s=s, j=j: s.append_phase1(experiment, phase1_row(j)), refusals)
             rows.append(j)
         if pause:
             time.sleep(random.uniform(0, pause))

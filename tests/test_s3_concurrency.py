@@ -259,3 +259,34 @@ def test_release_never_erases_a_lease_taken_over(
     third.acquire()
     third.release()
     assert not [t for t in threading.enumerate() if t.name.startswith("ndt-store-lease")]
+
+
+def test_writers_creating_one_store_at_once_all_succeed(s3_env: str) -> None:
+    url = f"{s3_env}/new.zarr"
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            _open(url)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert _open(url, "r").experiments() == []
+
+
+def test_a_store_pickled_while_writing_carries_no_lease(s3_env: str) -> None:
+    import pickle
+
+    store = _open(f"{s3_env}/pickle.zarr")
+    store.create_run("e", {}, LAYERS)
+    with store.writer("e"):
+        copy = pickle.loads(pickle.dumps(store.zarr_group.store))
+        assert copy.leases == {} and "e" in store.zarr_group.store.leases  # type: ignore[attr-defined]

@@ -50,6 +50,7 @@ while time.monotonic() < end:
                 store.weights("e")["w"].isel(step=-1).values
             store.phase1("e")
         loops += 1
+        time.sleep(0.2)
     except NotFoundError:  # not created yet
         time.sleep(0.05)
     except CorruptStoreError as exc:
