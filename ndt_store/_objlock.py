@@ -304,7 +304,7 @@ class ObjectLease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self.lost is not None or self._etag is None:
+        if self._etag is None:
             return
         with self._io:
             try:
