@@ -25,6 +25,12 @@ from s3server import s3_env, s3_server
 
 __all__ = ["s3_env", "s3_server"]
 
+# an unclosed HTTP session or socket fails the test (not just a message at exit)
+pytestmark = [
+    pytest.mark.filterwarnings("error::ResourceWarning"),
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+]
+
 
 def _assert_catalog_equal(a: xr.Dataset, b: xr.Dataset) -> None:
     a = a.drop_attrs(deep=False)

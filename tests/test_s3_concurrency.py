@@ -32,6 +32,12 @@ from s3server import client_env, s3_env, s3_server
 
 __all__ = ["s3_env", "s3_server"]
 
+# an unclosed HTTP session or socket fails the test (not just a message at exit)
+pytestmark = [
+    pytest.mark.filterwarnings("error::ResourceWarning"),
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+]
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 OPTS = {"skip_instance_cache": True}
@@ -177,7 +183,7 @@ def test_two_writer_processes_lose_no_commit(s3_env: str, s3_server: str) -> Non
 def test_a_killed_writer_blocks_only_until_its_lease_expires(
     s3_env: str, s3_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("NDT_STORE_S3_LOCK_TTL", "2")
+    monkeypatch.setenv("NDT_STORE_S3_LOCK_TTL", "5")
     url = f"{s3_env}/kill.zarr"
     _open(url).create_run("e", {}, LAYERS)
     code = (
@@ -187,7 +193,7 @@ def test_a_killed_writer_blocks_only_until_its_lease_expires(
         "    print('held', flush=True)\n"
         "    time.sleep(60)\n"
     )
-    env = {**client_env(s3_server), "PYTHONPATH": str(ROOT), "NDT_STORE_S3_LOCK_TTL": "2"}
+    env = {**client_env(s3_server), "PYTHONPATH": str(ROOT), "NDT_STORE_S3_LOCK_TTL": "5"}
     proc = subprocess.Popen(
         [sys.executable, "-c", code, url], env=env, stdout=subprocess.PIPE, text=True
     )
@@ -197,19 +203,21 @@ def test_a_killed_writer_blocks_only_until_its_lease_expires(
             _open(url).write_snapshot("e", 1, weights=W)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        time.sleep(3.5)  # > ttl plus the server clock's one-second resolution
+        time.sleep(6.5)  # > ttl plus the server clock's one-second resolution
         store = _open(url)
         assert store.write_snapshot("e", 1, weights=W) == "created"
     finally:
         proc.kill()
         proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
     assert _open(url, "r").snapshot_steps("e") == [1]
 
 
 def test_a_writer_that_lost_its_lease_writes_nothing_more(
     s3_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("NDT_STORE_S3_LOCK_TTL", "1.5")
+    monkeypatch.setenv("NDT_STORE_S3_LOCK_TTL", "4")
     url = f"{s3_env}/stall.zarr"
     a, b = _open(url), _open(url)
     a.create_run("e", {}, LAYERS)
@@ -218,7 +226,7 @@ def test_a_writer_that_lost_its_lease_writes_nothing_more(
         lease = _lease(a, "e")
         lease._stop.set()  # a stalled process: the lease is no longer renewed
         lease._thread.join()
-        time.sleep(3)  # the lease lapses on the server's clock too
+        time.sleep(5.5)  # the lease lapses on the server's clock too
         assert b.write_snapshot("e", 2, weights=W) == "created"  # b takes the lease over
         with pytest.raises(ConflictError, match="lost its lock"):
             a.write_snapshot("e", 3, weights=W)
@@ -236,23 +244,23 @@ def test_release_never_erases_a_lease_taken_over(
 
     from ndt_store._objlock import ObjectLease, _obstore_for, lease_key
 
-    monkeypatch.setenv("NDT_STORE_S3_LOCK_TTL", "1")
+    monkeypatch.setenv("NDT_STORE_S3_LOCK_TTL", "3")
     store = _open(f"{s3_env}/rel.zarr")
     zstore: Any = store.zarr_group.store
     key = lease_key(zstore, "x")
-    first = ObjectLease(zstore, key, what="x", ttl=1)
+    first = ObjectLease(zstore, key, what="x", ttl=3)
     first.acquire()
     first._stop.set()
     first._thread.join()  # type: ignore[union-attr]
-    time.sleep(2.5)
-    second = ObjectLease(zstore, key, what="x", ttl=1)
+    time.sleep(4.5)
+    second = ObjectLease(zstore, key, what="x", ttl=3)
     second.acquire()
     assert second.took_over is not None and second.took_over["pid"] == os.getpid()
     first.release()  # stale holder: its conditional release fails, nothing is changed
     assert first.lost is not None
     body = json.loads(bytes(obstore.get(_obstore_for(zstore), key).bytes()))
     assert body["state"] == "held"
-    third = ObjectLease(zstore, key, what="x", ttl=1)
+    third = ObjectLease(zstore, key, what="x", ttl=3)
     with pytest.raises(ConflictError):
         third.acquire()
     second.release()
