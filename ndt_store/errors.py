@@ -85,6 +85,10 @@ class ConflictError(NdtStoreError):
     """Another writer holds the experiment being written."""
 
 
+class RemoteStoreError(NdtStoreError, OSError):
+    """An object store (S3) could not be reached, refused the credentials or lacks the bucket."""
+
+
 class ReadOnlyError(NdtStoreError):
     """A write was attempted on a store opened read-only."""
 

@@ -10,7 +10,7 @@ Layout (Zarr v3)::
     <root>/experiments/<name>/snapshots/   frame: step, weights/*, activations/*, attention/*
     <root>/tables/<name>/                  published tables, one 1-D array per column
     <root>/_cache/phase1-<id>/             derived cross-experiment view (rebuilt when stale)
-    <root>/.locks/                         writer locks (local stores)
+    <root>/.locks/                         writer locks (local files, S3 leases)
 
 An experiment is visible only once its group's ``committed`` flag is set, which
 happens in the last write of an ingest; frames commit their rows last (see
@@ -27,7 +27,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ import xarray as xr
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.errors import ContainsGroupError
 
 from ndt_store import _dims as D
 from ndt_store._entries import (
@@ -61,7 +62,7 @@ from ndt_store._location import (
     make_zarr_store,
     storage_errors,
 )
-from ndt_store._lock import local_lock
+from ndt_store._lock import store_lock
 from ndt_store._names import normalize_name, validate_name
 from ndt_store.errors import (
     ConflictError,
@@ -177,11 +178,9 @@ class Store:
         if experiment in held:
             yield
             return
-        if self._local is None:
-            ctx: Any = nullcontext()
-        else:
-            ctx = local_lock(self._local / ".locks", experiment, what=f"experiment {experiment!r}")
-        with storage_errors(self.location), ctx:
+        locks = None if self._local is None else self._local / ".locks"
+        what = f"experiment {experiment!r}"
+        with storage_errors(self.location), store_lock(self._root.store, locks, experiment, what=what):
             held.add(experiment)
             try:
                 yield
@@ -1117,17 +1116,27 @@ def _open_store(
     if mode == "w" and exists:
         _check_is_store(zstore, location)  # "w" deletes: only ever an ndt_store store
     if not exists:
-        check_new_location(location, _root_names(zstore))
+        try:
+            check_new_location(location, _root_names(zstore))
+        except NdtStoreError:
+            if not _root_exists(zstore):  # not another process creating it just now
+                raise
+            exists = True
+    created = False
     if mode == "w" or not exists:
-        # root metadata and its format attribute in one write: never half-created
-        root = zarr.open_group(
-            zstore,
-            mode="w" if mode == "w" else "a",
-            zarr_format=3,
-            attributes={ROOT_ATTR: {"format": FORMAT_VERSION}},
-        )
-        root.require_group(EXPERIMENTS)
-    else:
+        try:
+            # root metadata and its format attribute in one write: never half-created
+            root = zarr.open_group(
+                zstore,
+                mode="w" if mode == "w" else "a",
+                zarr_format=3,
+                attributes={ROOT_ATTR: {"format": FORMAT_VERSION}},
+            )
+            root.require_group(EXPERIMENTS)
+            created = True
+        except ContainsGroupError:  # another process created it at the same moment: open it
+            pass
+    if not created:
         try:
             root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+", zarr_format=3)
         except (ValueError, TypeError) as exc:

@@ -8,7 +8,6 @@ the environment only (fake ones, set per test).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,40 +19,17 @@ from ndt_store import _dims as D
 from ndt_store.synth import synth_store
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
-BUCKET = "ndt-test-bucket"
+from s3server import s3_env, s3_server
 
+__all__ = ["s3_env", "s3_server"]
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh, empty bucket; fake credentials and the endpoint in the environment."""
-    import boto3
-    import requests
-    import s3fs
-
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    requests.post(f"{s3_server}/moto-api/reset", timeout=10).raise_for_status()
-    s3fs.S3FileSystem.clear_instance_cache()
-    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=BUCKET)
-    yield f"s3://{BUCKET}"
-    s3fs.S3FileSystem.clear_instance_cache()
+# an unclosed HTTP session or socket fails the test (not just a message at exit)
+pytestmark = [
+    pytest.mark.filterwarnings("error::ResourceWarning"),
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+]
 
 
 def _assert_catalog_equal(a: xr.Dataset, b: xr.Dataset) -> None:
