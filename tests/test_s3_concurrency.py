@@ -139,20 +139,7 @@ def _assert_exact(url: str, results: list[dict[str, Any]]) -> None:
     assert report.ok, report
 
 
-@pytest.mark.parametrize(
-    "mode",
-    [
-        "fresh",
-        "refresh",
-        pytest.param(
-            "long",
-            marks=pytest.mark.xfail(
-                reason="needs writers to re-read the committed entry under the lock",
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("mode", ["fresh", "refresh", "long"])
 def test_two_writer_threads_lose_no_commit(s3_env: str, mode: str) -> None:
     url = f"{s3_env}/two.zarr"
     results = _threads_write(url, mode, count=6)
