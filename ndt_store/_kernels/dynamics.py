@@ -746,8 +746,11 @@ def _binomial_lower_tail_limit(n: int, p: float, level: float) -> int:
     while k < n:
         j = k + 1
         pmf = math.exp(
-            math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1)
-            + j * log_p + (n - j) * log_q
+            math.lgamma(n + 1)
+            - math.lgamma(j + 1)
+            - math.lgamma(n - j + 1)
+            + j * log_p
+            + (n - j) * log_q
         )
         if cdf + pmf > level:
             break
@@ -791,7 +794,7 @@ def stopping_plan(
 
 
 def _order_stat_desc(a: np.ndarray, k: int) -> np.ndarray:
-    """The ``k``-th largest value per row (1-based): ``+inf`` for ``k < 1``, ``-inf`` past the end."""
+    """The ``k``-th largest value per row (from 1): ``+inf`` if ``k < 1``, ``-inf`` past the end."""
     n = a.shape[-1]
     if k < 1:
         return np.full(a.shape[0], np.inf)
