@@ -174,7 +174,7 @@ def verify_store(
     report = IntegrityReport(store.location)
     root = store.zarr_group
     missing: Severity = "error" if strict else "warning"
-    jobs = _ChunkJobs()
+    jobs = _ChunkJobs(local=_local_root(store))
     later: list[Callable[[], None]] = []  # semantic checks, after the chunk pass
     for name, meta in _experiment_metadata(store, report):
         entry = meta.get("attributes", {}).get("ndt_experiment")
@@ -210,6 +210,16 @@ def verify_store(
         check()
     _check_leftovers(store, report)
     return report
+
+
+def _local_root(store: Store) -> Path | None:
+    """The directory the zarr keys of ``store`` are relative to, when it is local."""
+    local = store._local
+    zstore = store.zarr_group.store
+    root = getattr(zstore, "root", None)
+    if local is None or root is None:
+        return None
+    return Path(root)
 
 
 def _experiment_metadata(store: Store, report: IntegrityReport) -> Iterator[tuple[str, Any]]:
@@ -312,6 +322,7 @@ class _ChunkResult:
 class _ChunkJobs:
     """Every chunk of the committed region, checked concurrently by :meth:`run`."""
 
+    local: Path | None = None  # a local store's directory: chunk files are read directly
     chunks: list[_Chunk] = field(default_factory=list)
     nan_rows: dict[tuple[str, int], bool] = field(default_factory=dict)
 
@@ -347,7 +358,7 @@ class _ChunkJobs:
                 for chunk in part:
                     if id(chunk.arr) not in fast:
                         fast[id(chunk.arr)] = _fast_layout(chunk.arr)
-                results = pool.map(lambda c: _check_chunk(c, fast[id(c.arr)]), part)
+                results = pool.map(lambda c: _check_chunk(c, fast[id(c.arr)], self.local), part)
                 for chunk, res in zip(part, results, strict=True):
                     done += 1
                     nbytes += res.nbytes
@@ -363,17 +374,27 @@ class _ChunkJobs:
                     last = now
 
 
-def _check_chunk(chunk: _Chunk, fast: bool) -> _ChunkResult:
+def _fetch(chunk: _Chunk, local: Path | None) -> bytes | None:
+    """The stored bytes of a chunk (``None`` if absent): a plain file read when local."""
+    if local is not None:
+        try:
+            return (local / chunk.key).read_bytes()
+        except FileNotFoundError:
+            return None
+    buf = sync(chunk.arr.store_path.store.get(chunk.key, prototype=default_buffer_prototype()))
+    return None if buf is None else buf.to_bytes()
+
+
+def _check_chunk(chunk: _Chunk, fast: bool, local: Path | None) -> _ChunkResult:
     """Fetch one chunk once: presence, size, decoding (runs in a worker thread)."""
     arr = chunk.arr
-    buf = sync(arr.store_path.store.get(chunk.key, prototype=default_buffer_prototype()))
-    if buf is None:
+    data = _fetch(chunk, local)
+    if data is None:
         message = (
             "chunk absent: reads as the fill value "
             f"{arr.metadata.fill_value!r} (never written, or lost)"
         )
         return _ChunkResult(problem=(chunk.missing, message))
-    data = buf.to_bytes()
     damaged = stored_chunk_problem(arr, data)
     if damaged:
         return _ChunkResult(len(data), ("error", f"chunk {damaged}"))

@@ -15,6 +15,7 @@ unpadded series give bit-identical results.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
@@ -53,9 +54,9 @@ MAD_TO_SIGMA = 1.482602218505602
 _MEANAD_TO_SIGMA = math.sqrt(math.pi / 2.0)
 _SURROGATE_BLOCK = 32  # surrogates drawn at once for a group of series of equal length
 _SERIES_BLOCK = 64  # series per surrogate pass: 64 x 32 x m float64 (~6.5 MB at m=400)
-_FIRST_LOOK = 100  # first surrogate count at which a sequential test may stop
+_FIRST_LOOK = 25  # first surrogate count at which a sequential test may stop
 DEFAULT_EPSILON = 1e-3
-"""Error budget of the sequential test's early "significant" decisions (all looks together)."""
+"""Error budget of each kind of early decision of the sequential test (all looks together)."""
 _ROW_BLOCK = 128  # series per pass of the table kernels: temporaries stay small and in cache
 
 
@@ -739,58 +740,67 @@ def _max_robust_z(y: np.ndarray) -> np.ndarray:
     return np.where(scale > 0, z, 0.0)
 
 
-def _binomial_lower_tail_limit(n: int, p: float, level: float) -> int:
-    """Largest ``k`` with ``P(Binomial(n, p) <= k) <= level`` (``-1`` if none)."""
+def _binomial_pmf(n: int, p: float) -> list[float]:
     log_p, log_q = math.log(p), math.log1p(-p)
-    cdf, k = 0.0, -1
-    while k < n:
-        j = k + 1
-        pmf = math.exp(
-            math.lgamma(n + 1)
-            - math.lgamma(j + 1)
-            - math.lgamma(n - j + 1)
-            + j * log_p
-            + (n - j) * log_q
-        )
-        if cdf + pmf > level:
-            break
-        cdf += pmf
-        k = j
-    return k
+    top = math.lgamma(n + 1)
+    return [
+        math.exp(top - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_p + (n - j) * log_q)
+        for j in range(n + 1)
+    ]
 
 
+def _binomial_limits(n: int, p: float, level: float) -> tuple[int, int]:
+    """``(low, high)``: the largest ``k`` with ``P(Bin(n, p) <= k) <= level`` (-1 if none)
+    and the smallest ``k`` with ``P(Bin(n, p) >= k) <= level`` (``n + 1`` if none)."""
+    pmf = _binomial_pmf(n, p)
+    low, cdf = -1, 0.0
+    while low < n and cdf + pmf[low + 1] <= level:
+        cdf += pmf[low + 1]
+        low += 1
+    high, sf = n + 1, 0.0
+    while high > 0 and sf + pmf[high - 1] <= level:
+        sf += pmf[high - 1]
+        high -= 1
+    return low, high
+
+
+@functools.lru_cache(maxsize=64)
 def stopping_plan(
     n_surrogates: int, alpha: float, epsilon: float
-) -> tuple[list[int], int, list[int]]:
-    """Where a sequential test looks, and its two stopping rules.
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Where the sequential test looks, and its two stopping rules at each look.
 
     Returns
     -------
     looks
-        Cumulative surrogate counts ``L`` (100, 200, 400, ... below
+        Cumulative surrogate counts ``L`` (25, 50, 100, ... below
         ``n_surrogates``) after which the rules are checked.
-    h
-        An index with ``k >= h`` exceedances is not significant at ``alpha``
-        with ``n_surrogates`` surrogates, whatever the rest show.
+    high
+        Per look: an index with ``k >= high[j]`` exceedances among ``L`` is
+        decided *not significant*: ``P(Binomial(L, alpha) >= k) <= epsilon /
+        #looks``, or ``k`` already makes ``(1 + k) / (n_surrogates + 1) >
+        alpha`` whatever the remaining surrogates show.
     low
-        Per look: an index with at most ``low[j]`` exceedances among
-        ``looks[j]`` surrogates has ``P(Binomial(L, alpha) <= k) <=
-        epsilon / len(looks)``.
+        Per look: an index with ``k <= low[j]`` is decided *significant*:
+        ``P(Binomial(L, alpha) <= k) <= epsilon / #looks`` (``-1``: none yet).
 
     Examples
     --------
-    >>> stopping_plan(999, 0.05, 1e-3)
-    ([100, 200, 400, 800], 50, [-1, 0, 6, 19])
+    >>> looks, high, low = stopping_plan(999, 0.05, 1e-3)
+    >>> looks, high, low
+    ((25, 50, 100, 200, 400, 800), (8, 10, 15, 24, 38, 50), (-1, -1, -1, 0, 5, 19))
     """
     looks = []
     size = _FIRST_LOOK
     while size < n_surrogates:
         looks.append(size)
         size *= 2
-    h = max(0, math.floor(alpha * (n_surrogates + 1) - 1 + 1e-9) + 1)
+    exact = max(0, math.floor(alpha * (n_surrogates + 1) - 1 + 1e-9) + 1)
     level = epsilon / max(len(looks), 1)
-    low = [_binomial_lower_tail_limit(n, alpha, level) if 0 < alpha < 1 else -1 for n in looks]
-    return looks, h, low
+    limits = [_binomial_limits(n, alpha, level) for n in looks]
+    high = tuple(min(exact, hi) for _, hi in limits)
+    low = tuple(lo for lo, _ in limits)
+    return tuple(looks), high, low
 
 
 def _order_stat_desc(a: np.ndarray, k: int) -> np.ndarray:
@@ -818,10 +828,11 @@ def _pvalues_equal_length(
     used = np.zeros(s_count, dtype=np.int64)
     if m < 3 or s_count == 0:
         return stat, pvalue, used
-    if alpha is None:
-        looks, h, low = [], 0, []
-    else:
-        looks, h, low = stopping_plan(n_surrogates, alpha, epsilon)
+    looks: tuple[int, ...] = ()
+    high: tuple[int, ...] = ()
+    low: tuple[int, ...] = ()
+    if alpha is not None:
+        looks, high, low = stopping_plan(n_surrogates, float(alpha), float(epsilon))
     amp = _amplitudes(v)
     stat_asked = np.where(asked, stat, -np.inf)  # an index not asked never holds a series up
     asked_any = asked.any(axis=-1)
@@ -842,13 +853,13 @@ def _pvalues_equal_length(
         if look == n_surrogates or active.size == 0:
             break
         j = looks.index(look)
-        # an asked index is decided once k >= h (not significant, exactly as with every
-        # surrogate) or k <= low[j] (significant but for a chance <= epsilon/len(looks))
+        # an asked index is decided once k >= high[j] (not significant) or k <= low[j]
+        # (significant); each kind errs with probability <= epsilon over all looks
         drawn = null_max[active, :look]
-        high = _order_stat_desc(drawn, h)  # stat <= high: k >= h
+        high_q = _order_stat_desc(drawn, high[j])  # stat <= high_q: k >= high[j]
         low_q = _order_stat_desc(drawn, low[j] + 1)  # stat > low_q: k <= low[j]
         st = stat_asked[active]
-        open_ = (st > high[:, None]) & (st <= low_q[:, None]) & asked[active]
+        open_ = (st > high_q[:, None]) & (st <= low_q[:, None]) & asked[active]
         active = active[open_.any(axis=-1)]
     null_max.sort(axis=-1)  # undrawn (-inf) first
     for row in np.flatnonzero(asked_any):  # exceedances among the series' own draws
