@@ -16,7 +16,8 @@ per 400-point series) and false fires per 1,000 points on Gaussian noise and
 on drift + noise (199 surrogates, 200-250 series each).
 
 **Scale** — time per experiment of ``jump_table`` on N in-memory synthetic
-experiments (``--sizes``, default 1,000 and 10,000; ``--quick``: 100 and 1,000).
+experiments (``--sizes``; default 100 and 1,000, ``--quick`` 30 and 300;
+``--sizes 1000 10000`` for the 10,000 row, ~15 minutes on 2 cores).
 
 Run ``python benchmarks/bench_significance.py [--quick] [--data DIR]``; writes
 ``benchmarks/results/significance.json``.
@@ -224,7 +225,8 @@ def scale_rows(sizes: list[int]) -> list[dict[str, Any]]:
     if len(rows) > 1:
         ratio = rows[-1]["ndt_store"] / rows[0]["ndt_store"]
         rows[-1]["per_experiment_vs_smallest"] = ratio
-        rows[-1]["met"] = bool(ratio <= 1.25)
+        if sizes[0] >= 1_000 and sizes[-1] >= 10_000:  # the target's range
+            rows[-1]["met"] = bool(ratio <= 1.25)
     return rows
 
 
@@ -232,7 +234,7 @@ def run(quick: bool = False, data: Path | None = None, sizes: list[int] | None =
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(data) if data is not None else Path(tmp)
         rows = speed_rows(folder / "n55", 2 if quick else 3)
-    rows += scale_rows(sizes or ([100, 1_000] if quick else [1_000, 10_000]))
+    rows += scale_rows(sizes or ([30, 300] if quick else [100, 1_000]))
     for row in rows:
         print(json.dumps(row), flush=True)
     return rows
