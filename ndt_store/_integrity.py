@@ -24,9 +24,12 @@ Zarr's default (all-fill chunks are not written): there an absent chunk is a
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     from ndt_store.store import Store
 
 Severity = Literal["error", "warning"]
+_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -125,8 +129,19 @@ class IntegrityReport:
         return "\n".join(lines)
 
 
-def verify_store(store: Store, *, strict: bool = False) -> IntegrityReport:
+def verify_store(
+    store: Store,
+    *,
+    strict: bool = False,
+    workers: int | None = None,
+    progress: Callable[[VerifyProgress], None] | None = None,
+) -> IntegrityReport:
     """Check every committed unit of ``store``; never raises for a damaged store.
+
+    The metadata are walked first; then every chunk of the committed region is
+    fetched, checked and decoded by ``workers`` threads at once (fetching and
+    Blosc decoding release the GIL), each chunk read once; the semantic checks
+    (steps increasing, snapshot rows) run last, reusing what the chunk pass saw.
 
     Parameters
     ----------
@@ -134,6 +149,11 @@ def verify_store(store: Store, *, strict: bool = False) -> IntegrityReport:
         An open store (any mode; nothing is written).
     strict
         Also treat absent chunks of tables as errors (absent frame chunks always are).
+    workers
+        Chunks read at once (default 8).
+    progress
+        Called from the calling thread with a :class:`VerifyProgress` after
+        each batch of chunks (a few times a second at most).
 
     Returns
     -------
@@ -154,6 +174,8 @@ def verify_store(store: Store, *, strict: bool = False) -> IntegrityReport:
     report = IntegrityReport(store.location)
     root = store.zarr_group
     missing: Severity = "error" if strict else "warning"
+    jobs = _ChunkJobs(local=_local_root(store))
+    later: list[Callable[[], None]] = []  # semantic checks, after the chunk pass
     for name, meta in _experiment_metadata(store, report):
         entry = meta.get("attributes", {}).get("ndt_experiment")
         path = f"experiments/{name}"
@@ -175,18 +197,31 @@ def verify_store(store: Store, *, strict: bool = False) -> IntegrityReport:
             continue
         assert isinstance(group, zarr.Group)
         if "phase1" in entry:
-            frame = _check_frame(store, report, group, entry["phase1"], "error")
+            frame = _check_frame(report, jobs, group, entry["phase1"], "error")
             if frame is not None:
-                _check_phase1(report, frame)
+                later.append(functools.partial(_check_phase1, report, frame))
         snaps = entry.get("snapshots", [])
         if snaps:
             name = str(entry.get("snapshot_frame", "snapshots"))
-            frame = _check_frame(store, report, group, name, "error")
+            frame = _check_frame(report, jobs, group, name, "error")
             if frame is not None:
-                _check_snapshots(report, frame, snaps)
-    _check_tables(store, report, missing)
+                later.append(functools.partial(_check_snapshots, report, frame, snaps, jobs))
+    _check_tables(store, report, jobs, missing)
+    jobs.run(report, workers or _WORKERS, progress)
+    for check in later:
+        check()
     _check_leftovers(store, report)
     return report
+
+
+def _local_root(store: Store) -> Path | None:
+    """The directory the zarr keys of ``store`` are relative to, when it is local."""
+    local = store._local
+    zstore = store.zarr_group.store
+    root = getattr(zstore, "root", None)
+    if local is None or root is None:
+        return None
+    return Path(root)
 
 
 def _experiment_metadata(store: Store, report: IntegrityReport) -> Iterator[tuple[str, Any]]:
@@ -219,7 +254,7 @@ class _FrameView:
 
 
 def _check_frame(
-    store: Store, report: IntegrityReport, group: zarr.Group, name: str, missing: Severity
+    report: IntegrityReport, jobs: _ChunkJobs, group: zarr.Group, name: str, missing: Severity
 ) -> _FrameView | None:
     path = f"{group.path}/{name}"
     try:
@@ -254,53 +289,134 @@ def _check_frame(
             report.add("error", apath, f"{arr.shape[0]} rows but {rows} are committed")
             continue
         view.arrays[col] = arr
-        _check_chunks(store, report, arr, apath, n if arr.shape else 0, missing)
+        jobs.add_array(report, arr, n if arr.shape else 0, missing)
     return view
 
 
-def _check_chunks(
-    store: Store, report: IntegrityReport, arr: zarr.Array, apath: str, n: int, missing: Severity
-) -> None:
-    if not arr.shape:
-        return
-    if n == 0 or any(s == 0 for s in arr.shape[1:]):
-        return
-    chunks = arr.chunks
-    grid = [range(-(-n // chunks[0]))] + [
-        range(-(-s // c)) for s, c in zip(arr.shape[1:], chunks[1:], strict=True)
-    ]
-    zstore = arr.store_path.store
-    proto = default_buffer_prototype()
-    fast = _fast_layout(arr)
-    for coords in itertools.product(*grid):
-        rel = arr.metadata.encode_chunk_key(coords)
-        key = f"{arr.store_path.path}/{rel}"
-        report.checked["chunks"] += 1
-        buf = sync(zstore.get(key, prototype=proto))  # one fetch: presence, size, decoding
-        if buf is None:
-            report.add(
-                missing,
-                key,
-                "chunk absent: reads as the fill value "
-                f"{arr.metadata.fill_value!r} (never written, or lost)",
-            )
-            continue
-        data = buf.to_bytes()
-        damaged = stored_chunk_problem(arr, data)
-        if damaged:
-            report.add("error", key, f"chunk {damaged}")
-            continue
-        sel = tuple(
-            slice(c * k, min((c + 1) * k, (n if i == 0 else arr.shape[i])))
-            for i, (c, k) in enumerate(zip(coords, chunks, strict=True))
-        )
+@dataclass
+class VerifyProgress:
+    """Where :func:`verify_store` stands in its chunk pass."""
+
+    chunks_done: int
+    chunks_total: int
+    bytes_read: int
+    seconds: float
+
+
+@dataclass
+class _Chunk:
+    arr: zarr.Array
+    coords: tuple[int, ...]
+    key: str
+    rel: str
+    n: int
+    missing: Severity
+
+
+@dataclass
+class _ChunkResult:
+    nbytes: int = 0
+    problem: tuple[Severity, str] | None = None
+    nan_rows: np.ndarray | None = None  # per row of the chunk: every value NaN
+
+
+@dataclass
+class _ChunkJobs:
+    """Every chunk of the committed region, checked concurrently by :meth:`run`."""
+
+    local: Path | None = None  # a local store's directory: chunk files are read directly
+    chunks: list[_Chunk] = field(default_factory=list)
+    nan_rows: dict[tuple[str, int], bool] = field(default_factory=dict)
+
+    def add_array(
+        self, report: IntegrityReport, arr: zarr.Array, n: int, missing: Severity
+    ) -> None:
+        if not arr.shape or n == 0 or any(s == 0 for s in arr.shape[1:]):
+            return
+        chunks = arr.chunks
+        grid = [range(-(-n // chunks[0]))] + [
+            range(-(-s // c)) for s, c in zip(arr.shape[1:], chunks[1:], strict=True)
+        ]
+        for coords in itertools.product(*grid):
+            rel = arr.metadata.encode_chunk_key(coords)
+            key = f"{arr.store_path.path}/{rel}"
+            report.checked["chunks"] += 1
+            self.chunks.append(_Chunk(arr, coords, key, rel, n, missing))
+
+    def run(
+        self,
+        report: IntegrityReport,
+        workers: int,
+        progress: Callable[[VerifyProgress], None] | None,
+    ) -> None:
+        start = time.perf_counter()
+        total, done, nbytes, last = len(self.chunks), 0, 0, 0.0
+        fast = {}
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            # a bounded window of chunks in flight; results in the chunks' order
+            window = max(1, workers) * 4
+            for base in range(0, total, window):
+                part = self.chunks[base : base + window]
+                for chunk in part:
+                    if id(chunk.arr) not in fast:
+                        fast[id(chunk.arr)] = _fast_layout(chunk.arr)
+                results = pool.map(lambda c: _check_chunk(c, fast[id(c.arr)], self.local), part)
+                for chunk, res in zip(part, results, strict=True):
+                    done += 1
+                    nbytes += res.nbytes
+                    if res.problem is not None:
+                        report.add(res.problem[0], chunk.key, res.problem[1])
+                    if res.nan_rows is not None:
+                        first = chunk.coords[0] * chunk.arr.chunks[0]
+                        for i, flag in enumerate(res.nan_rows.tolist()):
+                            self.nan_rows[(chunk.arr.path, first + i)] = flag
+                now = time.perf_counter()
+                if progress is not None and (now - last >= 0.25 or done == total):
+                    progress(VerifyProgress(done, total, nbytes, now - start))
+                    last = now
+
+
+def _fetch(chunk: _Chunk, local: Path | None) -> bytes | None:
+    """The stored bytes of a chunk (``None`` if absent): a plain file read when local."""
+    if local is not None:
         try:
-            if fast:  # decoded from the bytes just fetched
-                decode_chunk(arr, rel, data)
-            else:
-                arr[sel]
-        except Exception as exc:
-            report.add("error", key, f"chunk does not decode ({type(exc).__name__}: {exc})")
+            return (local / chunk.key).read_bytes()
+        except FileNotFoundError:
+            return None
+    buf = sync(chunk.arr.store_path.store.get(chunk.key, prototype=default_buffer_prototype()))
+    return None if buf is None else buf.to_bytes()
+
+
+def _check_chunk(chunk: _Chunk, fast: bool, local: Path | None) -> _ChunkResult:
+    """Fetch one chunk once: presence, size, decoding (runs in a worker thread)."""
+    arr = chunk.arr
+    data = _fetch(chunk, local)
+    if data is None:
+        message = (
+            "chunk absent: reads as the fill value "
+            f"{arr.metadata.fill_value!r} (never written, or lost)"
+        )
+        return _ChunkResult(problem=(chunk.missing, message))
+    damaged = stored_chunk_problem(arr, data)
+    if damaged:
+        return _ChunkResult(len(data), ("error", f"chunk {damaged}"))
+    chunks = arr.chunks
+    sel = tuple(
+        slice(c * k, min((c + 1) * k, (chunk.n if i == 0 else arr.shape[i])))
+        for i, (c, k) in enumerate(zip(chunk.coords, chunks, strict=True))
+    )
+    try:
+        values = decode_chunk(arr, chunk.rel, data) if fast else np.asarray(arr[sel])
+    except Exception as exc:
+        return _ChunkResult(
+            len(data), ("error", f"chunk does not decode ({type(exc).__name__}: {exc})")
+        )
+    nan_rows = None
+    one_row = chunks[0] == 1 and tuple(chunks[1:]) == tuple(arr.shape[1:])
+    if one_row and arr.dtype.kind == "f" and values.ndim > 1:  # a snapshot tensor's row
+        rows = values[: sel[0].stop - sel[0].start]
+        nan_rows = np.isnan(rows.reshape(rows.shape[0], -1)).all(axis=-1)
+    return _ChunkResult(len(data), None, nan_rows)
 
 
 def _read(report: IntegrityReport, frame: _FrameView, col: str) -> np.ndarray | None:
@@ -329,7 +445,9 @@ def _check_phase1(report: IntegrityReport, frame: _FrameView) -> None:
         )
 
 
-def _check_snapshots(report: IntegrityReport, frame: _FrameView, snaps: list[Any]) -> None:
+def _check_snapshots(
+    report: IntegrityReport, frame: _FrameView, snaps: list[Any], jobs: _ChunkJobs
+) -> None:
     steps = _read(report, frame, D.STEP)
     for snap in snaps:
         report.checked["snapshots"] += 1
@@ -347,11 +465,14 @@ def _check_snapshots(report: IntegrityReport, frame: _FrameView, snaps: list[Any
             for col, arr in frame.arrays.items():
                 if not col.startswith(f"{kind}/") or arr.dtype.kind != "f":
                     continue
-                try:
-                    values = np.asarray(arr[row])
-                except Exception:
-                    continue  # reported as an undecodable chunk
-                if values.size and np.isnan(values).all():
+                all_nan = jobs.nan_rows.get((arr.path, row))  # seen by the chunk pass
+                if all_nan is None:
+                    try:
+                        values = np.asarray(arr[row])
+                    except Exception:
+                        continue  # reported as an undecodable chunk
+                    all_nan = bool(values.size and np.isnan(values).all())
+                if all_nan:
                     report.add(
                         "warning",
                         f"{frame.path}/{col} row {row}",
@@ -359,7 +480,9 @@ def _check_snapshots(report: IntegrityReport, frame: _FrameView, snaps: list[Any
                     )
 
 
-def _check_tables(store: Store, report: IntegrityReport, missing: Severity) -> None:
+def _check_tables(
+    store: Store, report: IntegrityReport, jobs: _ChunkJobs, missing: Severity
+) -> None:
     root = store.zarr_group
     try:
         parent = root.get("tables")
@@ -385,7 +508,7 @@ def _check_tables(store: Store, report: IntegrityReport, missing: Severity) -> N
             assert isinstance(arr, zarr.Array)
             report.checked["arrays"] += 1
             lengths.add(arr.shape[0])
-            _check_chunks(store, report, arr, apath, arr.shape[0], missing)
+            jobs.add_array(report, arr, arr.shape[0], missing)
         if len(lengths) > 1:
             report.add("error", f"tables/{name}", f"columns differ in length: {sorted(lengths)}")
 
@@ -403,4 +526,4 @@ def _check_leftovers(store: Store, report: IntegrityReport) -> None:
         )
 
 
-__all__ = ["IntegrityReport", "Problem", "verify_store"]
+__all__ = ["IntegrityReport", "Problem", "VerifyProgress", "verify_store"]

@@ -281,3 +281,62 @@ def test_figures_published_jumps_and_validation(capsys):
         print(summary.to_string())
         print("\nValidation (alpha=0.05, 199 surrogates, 200-250 series each):")
         print(validation.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+
+
+# --- the sequential test -------------------------------------------------------------------
+def test_sequential_decisions_match_the_fixed_test_and_stop_early():
+    x, _ = planted_steps(40, 2, height=10.0, seed=7)
+    noise = np.random.default_rng(8).normal(size=(40, N_POINTS))
+    v = np.diff(np.vstack([x, noise]), axis=-1)
+    asked = kern.zscore(v) > 2  # the table's rows
+    fixed_z, fixed_p = kern.surrogate_pvalues(v, n_surrogates=999, seed=3)
+    z, p, used = kern.surrogate_pvalues(
+        v, n_surrogates=999, seed=3, alpha=ALPHA, asked=asked, return_used=True
+    )
+    np.testing.assert_array_equal(z, fixed_z)
+    assert np.isnan(p[~asked]).all() and np.isfinite(p[asked]).all()
+    np.testing.assert_array_equal(p[asked] <= ALPHA, fixed_p[asked] <= ALPHA)
+    full = used == 999  # series never stopped early: exactly the fixed test's p-values
+    np.testing.assert_array_equal(p[full][asked[full]], fixed_p[full][asked[full]])
+    assert used.mean() < 999 / 3  # most series stop long before 999 surrogates
+    assert (used[:40] <= 200).mean() >= 0.8  # a 10σ step is decided by 200
+
+
+def test_stopping_rules_keep_their_error_bound():
+    stats = pytest.importorskip("scipy.stats")
+    for n_surrogates, alpha, epsilon in ((999, 0.05, 1e-3), (4999, 0.01, 1e-4), (199, 0.1, 1e-2)):
+        looks, high, low = kern.stopping_plan(n_surrogates, alpha, epsilon)
+        exact = next(k for k in range(n_surrogates + 2) if (1 + k) / (n_surrogates + 1) > alpha)
+        for size, hi, lo in zip(looks, high, low, strict=True):
+            level = epsilon / len(looks)
+            assert lo < 0 or stats.binom.cdf(lo, size, alpha) <= level
+            assert stats.binom.cdf(lo + 1, size, alpha) > level  # the largest such k
+            assert hi == exact or stats.binom.sf(hi - 1, size, alpha) <= level
+            assert hi <= exact
+
+
+def test_rows_limit_the_p_values_to_the_indices_asked(grid):
+    base = jump_significance(grid, n_surrogates=999, seed=1)
+    rows = base.statistic > 3
+    asked = jump_significance(grid, n_surrogates=999, seed=1, rows=rows)
+    p, p_all = asked.p_value.values, base.p_value.values
+    assert np.isnan(p[~rows.values]).all()
+    np.testing.assert_array_equal(p[rows.values] <= ALPHA, p_all[rows.values] <= ALPHA)
+    assert (asked.surrogates.values <= base.surrogates.values).all()
+    exact = jump_significance(grid, n_surrogates=99, seed=1, sequential=False)
+    assert (exact.surrogates.values[np.isfinite(exact.p_value.values).any(-1)] == 99).all()
+    with pytest.raises(InputError, match="rows"):
+        jump_significance(grid, rows=rows.isel(index=slice(1, None)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(3, 64), st.integers(0, 2**32), st.sampled_from(["normal", "ties", "flat"]))
+def test_surrogate_maximum_matches_the_robust_z_definition(m, seed, kind):
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=(5, m)).astype(np.float32)
+    if kind == "ties":  # MAD = 0: the mean-absolute-deviation fallback
+        y[:, : m // 2 + 1] = 1.0
+    elif kind == "flat":
+        y[:] = 2.5
+    want = kern.robust_z(y.astype(np.float64)).max(axis=-1)
+    np.testing.assert_allclose(kern._max_robust_z(y.copy()), want, rtol=2e-5, atol=1e-6)

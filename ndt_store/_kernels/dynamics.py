@@ -15,6 +15,7 @@ unpadded series give bit-identical results.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
@@ -22,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "DEFAULT_EPSILON",
     "MAD_TO_SIGMA",
     "compact",
     "compact_coordinate",
@@ -38,6 +40,7 @@ __all__ = [
     "phase_randomized",
     "record_mask",
     "robust_z",
+    "stopping_plan",
     "surrogate_pvalues",
     "uniform_from_keys",
     "window_speed",
@@ -49,7 +52,11 @@ MAD_TO_SIGMA = 1.482602218505602
 """``1 / Φ⁻¹(3/4)``: median absolute deviation → Gaussian standard deviation."""
 
 _MEANAD_TO_SIGMA = math.sqrt(math.pi / 2.0)
-_BLOCK_ELEMENTS = 2_000_000  # surrogate values held at once (x16 bytes complex)
+_SURROGATE_BLOCK = 32  # surrogates drawn at once for a group of series of equal length
+_SERIES_BLOCK = 64  # series per surrogate pass: 64 x 32 x m float64 (~6.5 MB at m=400)
+_FIRST_LOOK = 25  # first surrogate count at which a sequential test may stop
+DEFAULT_EPSILON = 1e-3
+"""Error budget of each kind of early decision of the sequential test (all looks together)."""
 _ROW_BLOCK = 128  # series per pass of the table kernels: temporaries stay small and in cache
 
 
@@ -632,108 +639,327 @@ def uniform_from_keys(keys: npt.ArrayLike, seed: int, shape: tuple[int, ...]) ->
     return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
+def _phase_stream_key(m: int) -> np.ndarray:
+    """The key of the phase stream shared by every series of length ``m``."""
+    return label_keys(np.array([f"phase-randomized surrogates of length {m}"]))
+
+
+def _amplitudes(v: np.ndarray) -> np.ndarray:
+    """``|rfft(v)|`` per series, the zero-frequency (and even-length Nyquist) term signed."""
+    m = v.shape[-1]
+    spec = np.fft.rfft(v, axis=-1)
+    amp = np.abs(spec)
+    amp[:, 0] = spec[:, 0].real  # the mean is kept as it is
+    if m % 2 == 0:
+        amp[:, -1] = spec[:, -1].real  # the Nyquist term stays real
+    return amp
+
+
+def _surrogate_phases(m: int, seed: int, start: int, count: int) -> np.ndarray:
+    """``e^{iφ}`` of surrogates ``start..start+count-1`` of length ``m``: ``(count, m//2+1)``.
+
+    ``φ[b, k] = 2π·u[b·(m//2+1) + k]`` from the counter-based stream keyed by the
+    length; no phase at zero frequency or (even ``m``) Nyquist.
+    """
+    n_freq = m // 2 + 1
+    u = _uniform_counters(_phase_stream_key(m), seed, start * n_freq, count * n_freq)
+    rotation = np.exp(2j * np.pi * u.reshape(count, n_freq))
+    rotation[:, 0] = 1.0
+    if m % 2 == 0:
+        rotation[:, -1] = 1.0
+    return rotation
+
+
+def _uniform_counters(keys: np.ndarray, seed: int, start: int, count: int) -> np.ndarray:
+    """Draws ``start..start+count-1`` of the counter-based stream of one key (see below)."""
+    base = _splitmix64(np.asarray(keys, dtype=np.uint64).reshape(-1)[:1] ^ np.uint64(seed % 2**64))
+    counter = np.arange(start, start + count, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        bits = _splitmix64(base + counter)
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 def phase_randomized(
-    v: npt.ArrayLike, keys: npt.ArrayLike, n_surrogates: int, seed: int
+    v: npt.ArrayLike,
+    keys: npt.ArrayLike | None = None,
+    n_surrogates: int = 99,
+    seed: int = 0,
+    *,
+    start: int = 0,
 ) -> np.ndarray:
     """Gaussian surrogates of ``(S, m)`` NaN-free series: same amplitude spectrum, random phases.
 
-    Returns ``(S, n_surrogates, m)``. The mean (zero frequency) and, for even
-    ``m``, the real Nyquist term are kept; every other Fourier phase is drawn
-    uniformly from the series' counter-based stream (:func:`uniform_from_keys`).
+    Returns ``(S, n_surrogates, m)``: surrogates ``start .. start+n_surrogates-1``.
+    The mean (zero frequency) and, for even ``m``, the real Nyquist term are
+    kept; every other Fourier phase is drawn uniformly. The phases of surrogate
+    ``b`` depend only on ``seed``, the series length ``m`` and ``b``: every
+    series of that length is randomized with the same phases, so the
+    surrogates of a series never depend on which other series are computed
+    alongside, and the phases are drawn once for all of them. ``keys`` is
+    accepted for compatibility and not used.
 
     Examples
     --------
     >>> v = np.sin(np.arange(16.0))[None, :]
-    >>> sur = phase_randomized(v, np.zeros(1, np.uint64), 3, seed=0)
+    >>> sur = phase_randomized(v, None, 3, seed=0)
     >>> sur.shape, bool(np.allclose(np.abs(np.fft.rfft(sur)), np.abs(np.fft.rfft(v))[:, None]))
     ((1, 3, 16), True)
+    >>> later = phase_randomized(v, None, 2, seed=0, start=1)  # surrogates 1 and 2 alone
+    >>> bool(np.allclose(sur[:, 1:], later))
+    True
     """
     a = _float(v)
     m = a.shape[-1]
-    spec = np.fft.rfft(a, axis=-1)
-    phase = 2.0 * np.pi * uniform_from_keys(keys, seed, (n_surrogates, m // 2 + 1))
-    sur = np.abs(spec)[:, None, :] * np.exp(1j * phase)
-    sur[..., 0] = spec[:, None, 0]  # keep the mean
-    if m % 2 == 0:
-        sur[..., -1] = spec[:, None, -1]  # the Nyquist term must stay real
-    return np.fft.irfft(sur, n=m, axis=-1)
+    rotation = _surrogate_phases(m, seed, start, n_surrogates)
+    return np.fft.irfft(_amplitudes(a)[:, None, :] * rotation, n=m, axis=-1)
+
+
+def _max_robust_z(y: np.ndarray) -> np.ndarray:
+    """``robust_z(y).max(-1)`` for ``(R, m)`` float32 rows, overwriting ``y``.
+
+    Two in-place selections (median, then MAD) and one pass for the largest
+    deviation; no sort and no z array.
+    """
+    m = y.shape[-1]
+    half = m // 2
+
+    def median(a: np.ndarray) -> np.ndarray:  # reorders a's rows
+        a.partition(half, axis=-1)
+        upper = a[:, half].copy()
+        return upper if m % 2 else (upper + a[:, :half].max(axis=-1)) / 2
+
+    y -= median(y)[:, None]
+    np.abs(y, out=y)  # y is now |y - median|
+    top = y.max(axis=-1)
+    mean_dev = y.mean(axis=-1)
+    scale = median(y) * np.float32(MAD_TO_SIGMA)
+    # half or more of a row at its median: mean absolute deviation instead
+    scale = np.where(scale > 0, scale, mean_dev * np.float32(_MEANAD_TO_SIGMA))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = top / scale
+    return np.where(scale > 0, z, 0.0)
+
+
+def _binomial_pmf(n: int, p: float) -> list[float]:
+    log_p, log_q = math.log(p), math.log1p(-p)
+    top = math.lgamma(n + 1)
+    return [
+        math.exp(top - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_p + (n - j) * log_q)
+        for j in range(n + 1)
+    ]
+
+
+def _binomial_limits(n: int, p: float, level: float) -> tuple[int, int]:
+    """``(low, high)``: the largest ``k`` with ``P(Bin(n, p) <= k) <= level`` (-1 if none)
+    and the smallest ``k`` with ``P(Bin(n, p) >= k) <= level`` (``n + 1`` if none)."""
+    pmf = _binomial_pmf(n, p)
+    low, cdf = -1, 0.0
+    while low < n and cdf + pmf[low + 1] <= level:
+        cdf += pmf[low + 1]
+        low += 1
+    high, sf = n + 1, 0.0
+    while high > 0 and sf + pmf[high - 1] <= level:
+        sf += pmf[high - 1]
+        high -= 1
+    return low, high
+
+
+@functools.lru_cache(maxsize=64)
+def stopping_plan(
+    n_surrogates: int, alpha: float, epsilon: float
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Where the sequential test looks, and its two stopping rules at each look.
+
+    Returns
+    -------
+    looks
+        Cumulative surrogate counts ``L`` (25, 50, 100, ... below
+        ``n_surrogates``) after which the rules are checked.
+    high
+        Per look: an index with ``k >= high[j]`` exceedances among ``L`` is
+        decided *not significant*: ``P(Binomial(L, alpha) >= k) <= epsilon /
+        #looks``, or ``k`` already makes ``(1 + k) / (n_surrogates + 1) >
+        alpha`` whatever the remaining surrogates show.
+    low
+        Per look: an index with ``k <= low[j]`` is decided *significant*:
+        ``P(Binomial(L, alpha) <= k) <= epsilon / #looks`` (``-1``: none yet).
+
+    Examples
+    --------
+    >>> looks, high, low = stopping_plan(999, 0.05, 1e-3)
+    >>> looks, high, low
+    ((25, 50, 100, 200, 400, 800), (8, 10, 15, 24, 38, 50), (-1, -1, -1, 0, 5, 19))
+    """
+    looks = []
+    size = _FIRST_LOOK
+    while size < n_surrogates:
+        looks.append(size)
+        size *= 2
+    exact = max(0, math.floor(alpha * (n_surrogates + 1) - 1 + 1e-9) + 1)
+    level = epsilon / max(len(looks), 1)
+    limits = [_binomial_limits(n, alpha, level) for n in looks]
+    high = tuple(min(exact, hi) for _, hi in limits)
+    low = tuple(lo for lo, _ in limits)
+    return tuple(looks), high, low
+
+
+def _order_stat_desc(a: np.ndarray, k: int) -> np.ndarray:
+    """The ``k``-th largest value per row (from 1): ``+inf`` if ``k < 1``, ``-inf`` past the end."""
+    n = a.shape[-1]
+    if k < 1:
+        return np.full(a.shape[0], np.inf)
+    if k > n:
+        return np.full(a.shape[0], -np.inf)
+    return np.partition(a, n - k, axis=-1)[:, n - k].astype(np.float64)
 
 
 def _pvalues_equal_length(
-    v: np.ndarray, keys: np.ndarray, n_surrogates: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Statistic and max-statistic p-values for ``(S, m)`` NaN-free series."""
+    v: np.ndarray,
+    asked: np.ndarray,
+    n_surrogates: int,
+    seed: int,
+    alpha: float | None,
+    epsilon: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Statistic, p-values and surrogates used, for ``(S, m)`` NaN-free series."""
     s_count, m = v.shape
     stat = robust_z(v)
     pvalue = np.full_like(stat, np.nan)
+    used = np.zeros(s_count, dtype=np.int64)
     if m < 3 or s_count == 0:
-        return stat, pvalue
-    block = max(1, _BLOCK_ELEMENTS // (n_surrogates * m))
-    for start in range(0, s_count, block):  # memory blocking, not a per-series loop
-        sl = slice(start, start + block)
-        surrogates = phase_randomized(v[sl], keys[sl], n_surrogates, seed)
-        null_max = robust_z(surrogates).max(axis=-1)  # (s, B)
-        exceed = (null_max[:, None, :] >= stat[sl, :, None]).sum(axis=-1)
-        pvalue[sl] = (1.0 + exceed) / (n_surrogates + 1.0)
-    return stat, pvalue
+        return stat, pvalue, used
+    looks: tuple[int, ...] = ()
+    high: tuple[int, ...] = ()
+    low: tuple[int, ...] = ()
+    if alpha is not None:
+        looks, high, low = stopping_plan(n_surrogates, float(alpha), float(epsilon))
+    amp = _amplitudes(v)
+    stat_asked = np.where(asked, stat, -np.inf)  # an index not asked never holds a series up
+    asked_any = asked.any(axis=-1)
+    null_max = np.full((s_count, n_surrogates), -np.inf, dtype=np.float32)
+    active = np.flatnonzero(asked_any)
+    done = 0
+    for look in [*looks, n_surrogates]:
+        for b0 in range(done, look, _SURROGATE_BLOCK):  # memory blocking of the surrogates
+            b1 = min(look, b0 + _SURROGATE_BLOCK)
+            rotation = _surrogate_phases(m, seed, b0, b1 - b0)
+            for r0 in range(0, active.size, _SERIES_BLOCK):
+                rows = active[r0 : r0 + _SERIES_BLOCK]
+                sur = np.fft.irfft(amp[rows, None, :] * rotation, n=m, axis=-1)
+                top = _max_robust_z(sur.astype(np.float32).reshape(-1, m))
+                null_max[rows, b0:b1] = top.reshape(rows.size, b1 - b0)
+        done = look
+        used[active] = look
+        if look == n_surrogates or active.size == 0:
+            break
+        j = looks.index(look)
+        # an asked index is decided once k >= high[j] (not significant) or k <= low[j]
+        # (significant); each kind errs with probability <= epsilon over all looks
+        drawn = null_max[active, :look]
+        high_q = _order_stat_desc(drawn, high[j])  # stat <= high_q: k >= high[j]
+        low_q = _order_stat_desc(drawn, low[j] + 1)  # stat > low_q: k <= low[j]
+        st = stat_asked[active]
+        open_ = (st > high_q[:, None]) & (st <= low_q[:, None]) & asked[active]
+        active = active[open_.any(axis=-1)]
+    null_max.sort(axis=-1)  # undrawn (-inf) first
+    for row in np.flatnonzero(asked_any):  # exceedances among the series' own draws
+        idx = np.flatnonzero(asked[row])
+        below = np.searchsorted(null_max[row].astype(np.float64), stat[row, idx], side="left")
+        pvalue[row, idx] = (1.0 + n_surrogates - below) / (1.0 + used[row])
+    return stat, pvalue, used
 
 
 def surrogate_pvalues(
-    v: npt.ArrayLike, keys: npt.ArrayLike, *, n_surrogates: int = 999, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+    v: npt.ArrayLike,
+    keys: npt.ArrayLike | None = None,
+    *,
+    n_surrogates: int = 999,
+    seed: int = 0,
+    alpha: float | None = None,
+    epsilon: float = DEFAULT_EPSILON,
+    asked: npt.ArrayLike | None = None,
+    return_used: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Family-wise p-values of each velocity against Gaussian phase-randomized surrogates.
 
     For each series (last axis, NaN-padded at its end) the statistic is the
-    robust z-score :func:`robust_z`. ``n_surrogates`` surrogate series share
-    the series' amplitude spectrum (hence its autocorrelation and mean) with
-    uniformly random Fourier phases; the p-value of index ``i`` is
-    ``(1 + #{b : max_j z_b[j] >= z[i]}) / (n_surrogates + 1)``, i.e. it is
-    compared with the null distribution of the series' *maximum*, which
-    controls the family-wise error rate over the series.
+    robust z-score :func:`robust_z`. Surrogate series (:func:`phase_randomized`)
+    share the series' amplitude spectrum (hence its autocorrelation and mean)
+    with uniformly random Fourier phases; the p-value of index ``i`` is
+    ``(1 + #{b : max_j z_b[j] >= z[i]}) / (L + 1)`` over the ``L`` surrogates
+    drawn for the series, i.e. it is compared with the null distribution of
+    the series' *maximum*, which controls the family-wise error rate over the
+    series.
+
+    With ``alpha=None`` every series gets ``L = n_surrogates``. With a level
+    ``alpha`` the draws stop early (see :func:`stopping_plan` and
+    ``docs/dynamics.md``): after 100, 200, 400, ... surrogates a series stops
+    once each asked index has ``k >= h`` exceedances (not significant at
+    ``alpha``, exactly as with all ``n_surrogates``) or so few that
+    ``P(Binomial(L, alpha) <= k) <= epsilon / #looks`` (significant).
 
     Parameters
     ----------
     v
         ``(..., m)`` velocities, valid values first then NaN.
     keys
-        ``(...)`` uint64 key per series (see :func:`label_keys`); with ``seed``
-        it fixes that series' surrogates.
+        Accepted for compatibility; surrogates depend on ``seed`` and the
+        series length only.
     n_surrogates
-        Number of surrogate series per series.
+        Surrogates per series (the most drawn).
     seed
         Seed of the counter-based generator.
+    alpha, epsilon
+        Level of the sequential test and its error budget (see above);
+        ``alpha=None``: no early stop.
+    asked
+        ``(..., m)`` bool: the indices whose p-values are wanted (default all);
+        the others get NaN and never keep a series drawing.
+    return_used
+        Also return the number of surrogates drawn per series.
 
     Returns
     -------
-    statistic, p_value
-        ``(..., m)`` each; NaN past the end and for series shorter than 3.
+    statistic, p_value[, used]
+        ``(..., m)`` each (``used``: ``(...)``); NaN past the end and for
+        series shorter than 3.
 
     Examples
     --------
     >>> rng = np.random.default_rng(1)
     >>> v = rng.normal(size=(1, 200)); v[0, 50] += 12
-    >>> z, p = surrogate_pvalues(v, np.zeros(1, np.uint64), n_surrogates=99)
+    >>> z, p = surrogate_pvalues(v, n_surrogates=99)
     >>> float(p[0, 50]), bool(np.nanmedian(p) > 0.5)
     (0.01, True)
+    >>> z, p, used = surrogate_pvalues(v, alpha=0.05, asked=z > 5, return_used=True)
+    >>> float(p[0, 50]), int(used[0])  # one index asked, clearly significant after 200 draws
+    (0.004975124378109453, 200)
     """
     arr = _float(v)
     lead = arr.shape[:-1]
     m = arr.shape[-1]
+    stat = np.full(arr.shape, np.nan)
+    pvalue = np.full(arr.shape, np.nan)
+    used = np.zeros(lead, dtype=np.int64)
     if arr.size == 0:
-        return np.full(arr.shape, np.nan), np.full(arr.shape, np.nan)
+        return (stat, pvalue, used) if return_used else (stat, pvalue)
     flat = arr.reshape(-1, m)
-    key = np.broadcast_to(np.asarray(keys, dtype=np.uint64), lead).reshape(-1)
     count = (~np.isnan(flat)).sum(axis=-1)
-    stat = np.full(flat.shape, np.nan)
-    pvalue = np.full(flat.shape, np.nan)
+    want = np.ones(flat.shape, dtype=bool)
+    if asked is not None:
+        want = np.broadcast_to(np.asarray(asked, dtype=bool), arr.shape).reshape(-1, m)
+    stat_f, p_f, used_f = stat.reshape(-1, m), pvalue.reshape(-1, m), used.reshape(-1)
     for length in np.unique(count):  # one pass per distinct series length
         rows = np.flatnonzero(count == length)
         if length == 0:
             continue
-        s, p = _pvalues_equal_length(flat[rows, :length], key[rows], n_surrogates, seed)
-        stat[rows, :length] = s
-        pvalue[rows, :length] = p
-    return stat.reshape(arr.shape), pvalue.reshape(arr.shape)
+        s, p, u = _pvalues_equal_length(
+            flat[rows, :length], want[rows, :length], n_surrogates, seed, alpha, epsilon
+        )
+        stat_f[rows, :length] = s
+        p_f[rows, :length] = p
+        used_f[rows] = u
+    return (stat, pvalue, used) if return_used else (stat, pvalue)
 
 
 def noise_floor(x: npt.ArrayLike, floor_ulps: float, eps: float) -> np.ndarray:

@@ -2,6 +2,14 @@
 
 Each command group lives in its own module exposing ``register(subparsers)``;
 commands call the public Python API and never analyse anything themselves.
+
+Start-up stays light: a command module imports only ``argparse`` and the
+standard library at its top, and imports numpy, xarray, pandas, ... inside the
+function that runs the command, so ``ndt-store --help`` and every
+``COMMAND --help`` print without loading the numeric stack
+(``tests/test_imports.py`` guards this). ``COMMANDS`` names the module of each
+command, so running one command imports that command's module only. To add a
+command: add its module to ``COMMAND_MODULES`` and its name to ``COMMANDS``.
 """
 
 from __future__ import annotations
@@ -23,8 +31,32 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (every command module that is installed)."""
+COMMANDS: dict[str, str] = {
+    "ingest": "ndt_store.cli._store_cmds",
+    "ls": "ndt_store.cli._store_cmds",
+    "show": "ndt_store.cli._store_cmds",
+    "export": "ndt_store.cli._store_cmds",
+    "rm": "ndt_store.cli._store_cmds",
+    "jumps": "ndt_store.cli._analysis_cmds",
+    "periods": "ndt_store.cli._analysis_cmds",
+    "moments": "ndt_store.cli._analysis_cmds",
+    "compare": "ndt_store.cli._analysis_cmds",
+    "report": "ndt_store.cli._analysis_cmds",
+    "quickstart": "ndt_store.cli._quickstart_cmd",
+    "synth": "ndt_store.cli._synth_cmd",
+    "verify": "ndt_store.cli._verify_cmd",
+}
+"""Command name -> the module that registers it (a command not listed is found in
+``COMMAND_MODULES`` by building the full parser)."""
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command named on the command line (its first argument that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(modules: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``modules`` (default: every command module that is installed)."""
     parser = argparse.ArgumentParser(
         prog="ndt-store",
         description="Labeled Zarr storage and analysis of neural-network training dynamics.",
@@ -34,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ndt-store {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if modules is None else modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -47,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ndt-store`` console script; returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    module = COMMANDS.get(_command_of(argv) or "")
+    parser = build_parser(None if module is None else [module])
     args = parser.parse_args(argv)
     try:
         scheduler, workers = getattr(args, "scheduler", None), getattr(args, "workers", None)

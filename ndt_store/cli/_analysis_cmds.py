@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import pandas as pd
-
 from ndt_store.cli._common import add_scheduler, add_store, print_table
 
 
@@ -104,6 +102,8 @@ def _periods(args: argparse.Namespace) -> int:
 
 
 def _moments(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from ndt_store.moments import identify_moments
 
     moments = identify_moments(
@@ -133,6 +133,8 @@ def _moments(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from ndt_store.compare import compare_representations
     from ndt_store.report import jsonable
 

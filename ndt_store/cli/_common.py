@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def add_store(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -38,6 +39,8 @@ def add_scheduler(parser: argparse.ArgumentParser) -> None:
 
 def print_table(df: pd.DataFrame, fmt: str = "table") -> None:
     """Print a DataFrame as an aligned table, CSV or JSON lines."""
+    import pandas as pd
+
     if fmt == "csv":
         df.to_csv(sys.stdout, index=False)
     elif fmt == "json":

@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-import pandas as pd
-
 from ndt_store.cli._common import add_store, print_table
 
 
@@ -149,6 +147,8 @@ def _ingest_tables(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     import ndt_store
 
     store = ndt_store.open_store(args.store, mode="r")
@@ -173,6 +173,8 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     import ndt_store
     from ndt_store.errors import NotFoundError
 

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--causal", action="store_true", help="causal (lower-triangular) attention")
+    p.add_argument(
+        "--threads", type=int, default=4, metavar="N", help="experiments written at once (4)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_synth)
 
@@ -68,6 +71,7 @@ def _synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         causal=args.causal,
         progress=not args.no_progress,
+        workers=args.threads,
     )
     elapsed = time.perf_counter() - start
     nbytes = synth_nbytes(**sizes, kinds=kinds)

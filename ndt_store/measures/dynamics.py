@@ -464,7 +464,13 @@ def _jump_block(
     p_value = noise_floor = significant = None
     if "alpha" in options:  # the significance test, on the same block
         sig_options = {k: v for k, v in options.items() if k != "dim"}
-        sig = jump_significance(labels.labeled(values, sl), dim=labels.dim, **sig_options)
+        block = labels.labeled(values, sl)
+        asked = np.zeros((*values.shape[:2], max(values.shape[2] - 1, 0)), dtype=bool)
+        asked[e_of[r], l_of[r], i] = True  # p-values only for the table's rows
+        rows = xr.DataArray(asked, dims=(EXPERIMENT, LAYER, INDEX)).assign_coords(
+            {d: block[d] for d in (EXPERIMENT, LAYER) if d in block.coords}
+        )
+        sig = jump_significance(block, dim=labels.dim, rows=rows, **sig_options)
         sig = sig.transpose(EXPERIMENT, LAYER, ...)
         p_value = sig["p_value"].values[e_of[r], l_of[r], i]
         above = sig["above_floor"].values[e_of[r], l_of[r], i]

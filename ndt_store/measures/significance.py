@@ -17,10 +17,12 @@ import xarray as xr
 
 from ndt_store._dims import INDEX, STEP
 from ndt_store._kernels import dynamics as _k
+from ndt_store._kernels.dynamics import DEFAULT_EPSILON
 from ndt_store.errors import InputError
 
 __all__ = [
     "DEFAULT_ALPHA",
+    "DEFAULT_EPSILON",
     "DEFAULT_FLOOR_ULPS",
     "DEFAULT_SURROGATES",
     "apply_to_series",
@@ -61,6 +63,7 @@ def apply_to_series(
     out_sizes: Sequence[int | None],
     out_dtypes: Sequence[Any],
     kwargs: dict[str, Any] | None = None,
+    index_extra: int = 0,
 ) -> tuple[xr.DataArray, ...]:
     """Run a series kernel over ``dim`` of ``x`` with ``apply_ufunc``.
 
@@ -68,14 +71,16 @@ def apply_to_series(
     chunk along it; any chunking elsewhere stays parallel) and returns one
     array per entry of ``out_sizes``: an output of size ``n`` ends in a new
     ``index`` dim of length ``n`` (coordinate ``0..n-1``); ``None`` means the
-    output has no series axis. ``extra`` arrays are broadcast batch inputs.
+    output has no series axis. ``extra`` arrays are broadcast batch inputs;
+    the first ``index_extra`` of them also run along ``index`` (one value per
+    velocity index, passed with ``index`` last).
     """
     _check_dim(x, dim)
     xs = _single_chunk(x, dim)
     core = "_series" if dim == INDEX else dim
     if core != dim:
         xs = xs.rename({dim: core})
-    extras = list(extra)
+    extras = [_single_chunk(e, INDEX) if k < index_extra else e for k, e in enumerate(extra)]
     if xs.chunks is not None:
         extras = [
             e.chunk({d: xs.chunksizes[d] for d in e.dims if d in xs.chunksizes}) for e in extras
@@ -87,7 +92,7 @@ def apply_to_series(
         xs,
         *extras,
         kwargs=kwargs or {},
-        input_core_dims=[[core]] + [[] for _ in extras],
+        input_core_dims=[[core]] + [[INDEX] if k < index_extra else [] for k in range(len(extras))],
         output_core_dims=out_core,
         dask="parallelized",
         output_dtypes=list(out_dtypes),
@@ -178,6 +183,9 @@ def jump_significance(
     floor_ulps: float = DEFAULT_FLOOR_ULPS,
     eps: float | None = None,
     seed: int = 0,
+    rows: xr.DataArray | None = None,
+    sequential: bool = True,
+    epsilon: float = DEFAULT_EPSILON,
 ) -> xr.Dataset:
     """Family-wise p-value and noise-floor test of every velocity index of every series.
 
@@ -185,10 +193,17 @@ def jump_significance(
     ``v[i] = x[i+1] - x[i]`` is indexed by record index ``i``. The statistic is
     the robust z-score ``|v - median(v)| / (1.4826·MAD(v))``. The null model is
     a stationary Gaussian process with the velocity's own amplitude spectrum:
-    ``n_surrogates`` phase-randomized surrogates per series, generated
-    vectorized over all series. Each index's p-value is the share of
-    surrogates whose *maximum* statistic reaches its statistic, so
-    ``p <= alpha`` has family-wise error ``<= alpha`` per series.
+    up to ``n_surrogates`` phase-randomized surrogates per series. Each
+    index's p-value is the share of surrogates whose *maximum* statistic
+    reaches its statistic, so ``p <= alpha`` has family-wise error ``<= alpha``
+    per series.
+
+    By default the surrogates are drawn sequentially and a series stops early
+    once each of its indices is decided at ``alpha`` (``docs/dynamics.md``,
+    "How the p-values are computed"): a "not significant" decision is the one
+    all ``n_surrogates`` would give; a "significant" one errs with probability
+    at most ``epsilon``. The p-value of a series that stopped after ``L``
+    surrogates is ``(1 + k) / (1 + L)``.
 
     Parameters
     ----------
@@ -199,19 +214,28 @@ def jump_significance(
     alpha
         Family-wise error rate per series for ``significant``.
     n_surrogates
-        Surrogate series per series (smallest p-value ``1/(n_surrogates+1)``).
+        Surrogate series per series at most (smallest p-value ``1/(n_surrogates+1)``).
     floor_ulps, eps
         Noise floor, see :func:`noise_floor`.
     seed
-        Seed; with a series' labels it fixes that series' surrogates.
+        Seed; with the series length it fixes the surrogates.
+    rows
+        Optional bool array over the batch dims and ``index`` (``len(dim) - 1``
+        long): only these indices get a p-value (NaN elsewhere), and only
+        they decide when a series may stop.
+    sequential
+        ``False``: every series gets all ``n_surrogates`` (the fixed test).
+    epsilon
+        Error budget of the early "significant" decisions.
 
     Returns
     -------
     xarray.Dataset
         Over (batch dims..., ``index``) of length ``len(dim) - 1``:
         ``statistic``, ``p_value``, ``above_floor`` (``|v| > noise_floor``),
-        ``significant`` (``p_value <= alpha`` and above the floor); and
-        ``noise_floor`` over the batch dims. NaN / False past a series' end.
+        ``significant`` (``p_value <= alpha`` and above the floor); over the
+        batch dims ``noise_floor`` and ``surrogates`` (how many were drawn).
+        NaN / False past a series' end.
 
     Examples
     --------
@@ -224,21 +248,38 @@ def jump_significance(
     _check_dim(x, dim)
     if n_surrogates < 1:
         raise InputError("need at least one surrogate", field="n_surrogates", value=n_surrogates)
+    if not 0 < alpha < 1:
+        raise InputError("alpha must lie in (0, 1)", field="alpha", value=alpha)
     n_index = max(x.sizes[dim] - 1, 0)
+    level = float(alpha) if sequential else None
 
-    def kernel(values: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        compacted, _, _ = _k.compact(values)
-        velocity = _k.first_difference(compacted)
-        stat, pvalue = _k.surrogate_pvalues(velocity, key, n_surrogates=n_surrogates, seed=seed)
-        return stat, pvalue, np.abs(velocity)
+    def kernel(
+        values: np.ndarray, asked: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        velocity = _k.first_difference(_k.compact(values)[0])
+        stat, pvalue, used = _k.surrogate_pvalues(
+            velocity, n_surrogates=n_surrogates, seed=seed, alpha=level, epsilon=epsilon,
+            asked=asked, return_used=True,
+        )  # fmt: skip
+        return stat, pvalue, np.abs(velocity), used
 
-    stat, pvalue, magnitude = apply_to_series(
+    inputs: list[xr.DataArray] = []
+    if rows is not None:
+        if INDEX not in rows.dims or rows.sizes[INDEX] != n_index:
+            raise InputError(
+                f"rows needs an {INDEX!r} dimension of length {n_index}",
+                field="rows",
+                value=dict(rows.sizes),
+            )
+        inputs.append(rows.astype(bool).drop_vars(INDEX, errors="ignore"))
+    stat, pvalue, magnitude, used = apply_to_series(
         kernel,
         x,
-        series_keys(x, dim=dim),
+        *inputs,
         dim=dim,
-        out_sizes=[n_index] * 3,
-        out_dtypes=[np.float64] * 3,
+        out_sizes=[n_index] * 3 + [None],
+        out_dtypes=[np.float64] * 3 + [np.int64],
+        index_extra=len(inputs),
     )
     floor = noise_floor(x, dim=dim, floor_ulps=floor_ulps, eps=eps)
     above = magnitude > floor
@@ -250,8 +291,11 @@ def jump_significance(
                 long_name="family-wise p-value (max statistic over phase-randomized surrogates)",
                 n_surrogates=int(n_surrogates),
                 seed=int(seed),
+                sequential=int(sequential),
+                epsilon=float(epsilon),
             ),
             "noise_floor": floor,
+            "surrogates": used.assign_attrs(long_name="surrogates drawn for the series"),
             "above_floor": above.assign_attrs(long_name="|velocity| above the noise floor"),
             "significant": significant.assign_attrs(
                 long_name="significant jump", alpha=float(alpha)

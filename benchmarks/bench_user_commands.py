@@ -1,0 +1,250 @@
+"""What a user waits for: whole ``ndt-store`` processes, verify and synth, against baselines.
+
+Every ratio is paired in one run: the two sides alternate, each repeated, and
+the medians are compared.
+
+* **jumps** — ``ndt-store jumps --store S --format csv`` (p-values on: the
+  default) on 55 synthetic 55-like experiments (built as
+  ``bench_phase1_tables`` builds them: the same float64 values in a store and as
+  study-format JSON files), whole process, against the study's plain loop over
+  the JSON files (``benchmarks/study_jumps_loop.py``: ``json.load`` + numpy per
+  series, the z rule, CSV out; the study had no p-values). Both outputs are
+  checked to list the same jumps.
+* **--help** and **ls** — ``ndt-store --help`` and ``ndt-store ls --store S``,
+  whole process, against ``python -c "import xarray, zarr, dask.array"``.
+* **verify** — ``verify_store`` in one process against a raw read (``open`` +
+  ``read``) of the same chunk files, page cache warm for both; MB/s of chunk bytes.
+* **synth** — ``synth_store`` write throughput against a raw write of the same
+  bytes into the same number of files (``np.ndarray.tofile``), MB/s.
+
+Run ``python benchmarks/bench_user_commands.py [--quick] [--data DIR]``; writes
+``benchmarks/results/user_commands.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results" / "user_commands.json"
+IMPORTS = [sys.executable, "-c", "import xarray, zarr, dask.array"]
+CLI = [sys.executable, "-m", "ndt_store.cli"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _timed(cmd: list[str]) -> tuple[float, bytes]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, env=_env(), check=True)
+    return time.perf_counter() - start, proc.stdout
+
+
+def _paired(sides: dict[str, list[str]], repeats: int) -> tuple[dict[str, float], dict[str, bytes]]:
+    """Median whole-process seconds of each command, the sides alternating."""
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    outputs: dict[str, bytes] = {}
+    names = list(sides)
+    for rep in range(repeats):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            elapsed, out = _timed(sides[name])
+            times[name].append(elapsed)
+            outputs.setdefault(name, out)
+    return {k: statistics.median(v) for k, v in times.items()}, outputs
+
+
+def _jump_keys(text: bytes) -> set[tuple[str, str, int]]:
+    rows = csv.DictReader(io.StringIO(text.decode()))
+    return {(r["experiment"], r["layer"], int(r["step"])) for r in rows}
+
+
+def jumps_rows(folder: Path, repeats: int) -> list[dict[str, Any]]:
+    sys.path.insert(0, str(HERE))
+    import bench_phase1_tables as phase1
+
+    info = phase1.generate(folder, 55, with_json=True)
+    store = folder / "store.zarr"
+    sides = {
+        "ndt_store": [*CLI, "jumps", "--store", str(store), "--format", "csv"],
+        "study": [sys.executable, str(HERE / "study_jumps_loop.py"), str(folder / "json")],
+        "imports": IMPORTS,
+        "help": [*CLI, "--help"],
+        "ls": [*CLI, "ls", "--store", str(store)],
+    }
+    med, out = _paired(sides, repeats)
+    ours, theirs = _jump_keys(out["ndt_store"]), _jump_keys(out["study"])
+    assert ours == theirs, f"jump tables differ: {len(ours ^ theirs)} rows"
+    head = out["ndt_store"].decode().splitlines()[0].split(",")
+    assert "p_value" in head and "significant" in head
+    common = {"n_experiments": 55, "series": info.get("layers_union"), "repeats": repeats}
+    return [
+        {
+            "case": "ndt-store jumps --format csv (p-values on), 55 experiments, whole process",
+            "ndt_store": med["ndt_store"],
+            "baseline": med["study"],
+            "unit": "s",
+            "baseline_name": "study loop over the 55 JSON files (json + numpy, z rule, CSV)",
+            "target": "<= 1.0x the baseline's time",
+            "met": med["ndt_store"] <= med["study"],
+            "time_vs_baseline": med["ndt_store"] / med["study"],
+            "jumps": len(ours),
+            **common,
+        },
+        {
+            "case": "ndt-store --help, whole process",
+            "ndt_store": med["help"],
+            "baseline": med["imports"],
+            "unit": "s",
+            "baseline_name": 'python -c "import xarray, zarr, dask.array"',
+            "target": "<= 0.25x the baseline's time",
+            "met": med["help"] <= 0.25 * med["imports"],
+            "time_vs_baseline": med["help"] / med["imports"],
+            **common,
+        },
+        {
+            "case": "ndt-store ls, 55 experiments, whole process",
+            "ndt_store": med["ls"],
+            "baseline": med["imports"],
+            "unit": "s",
+            "baseline_name": 'python -c "import xarray, zarr, dask.array"',
+            "target": "<= 1.1x the baseline's time",
+            "met": med["ls"] <= 1.1 * med["imports"],
+            "time_vs_baseline": med["ls"] / med["imports"],
+            **common,
+        },
+    ]
+
+
+# --- verify and synth ---------------------------------------------------------------------
+SYNTH = {"experiments": 4, "steps": 8, "layers": 2, "heads": 8, "seq": 64, "samples": 16,
+         "features": 256, "records": 400}  # fmt: skip
+QUICK_SYNTH = {**SYNTH, "experiments": 2, "steps": 4}
+
+
+def _chunk_files(store: Path) -> list[Path]:
+    return sorted(p for p in store.rglob("*") if p.is_file() and "/c/" in p.as_posix())
+
+
+def _raw_read(files: list[Path]) -> int:
+    total = 0
+    for path in files:
+        with open(path, "rb") as fh:
+            total += len(fh.read())
+    return total
+
+
+def _raw_write(folder: Path, sizes: list[int]) -> None:
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 255, size=max(sizes), dtype=np.uint8)
+    folder.mkdir(parents=True)
+    for k, size in enumerate(sizes):
+        block[:size].tofile(folder / f"{k}")
+
+
+def io_rows(folder: Path, repeats: int, sizes: dict[str, int]) -> list[dict[str, Any]]:
+    import ndt_store
+    from ndt_store.synth import synth_store
+
+    synth_s, raw_w_s = [], []
+    store = folder / "synth.zarr"
+    for rep in range(repeats):
+        order = ["synth", "raw"] if rep % 2 == 0 else ["raw", "synth"]
+        for side in order:
+            if side == "synth":
+                shutil.rmtree(store, ignore_errors=True)
+                start = time.perf_counter()
+                synth_store(store, **sizes)
+                synth_s.append(time.perf_counter() - start)
+            else:
+                if not store.exists():  # the raw side needs the synth store's file sizes
+                    synth_store(store, **sizes)
+                files = [p for p in store.rglob("*") if p.is_file()]
+                raw = folder / "raw"
+                shutil.rmtree(raw, ignore_errors=True)
+                start = time.perf_counter()
+                _raw_write(raw, [p.stat().st_size for p in files])
+                raw_w_s.append(time.perf_counter() - start)
+    files = [p for p in store.rglob("*") if p.is_file()]
+    nbytes = sum(p.stat().st_size for p in files)
+    chunks = _chunk_files(store)
+    chunk_bytes = _raw_read(chunks)  # warms the page cache for both sides
+    verify_s, read_s = [], []
+    for rep in range(repeats + 1):
+        for side in ("verify", "raw") if rep % 2 == 0 else ("raw", "verify"):
+            start = time.perf_counter()
+            if side == "verify":
+                report = ndt_store.verify_store(ndt_store.open_store(store, mode="r"))
+                assert report.ok, report.format()
+                verify_s.append(time.perf_counter() - start)
+            else:
+                _raw_read(chunks)
+                read_s.append(time.perf_counter() - start)
+    v, r = statistics.median(verify_s), statistics.median(read_s)
+    s, w = statistics.median(synth_s), statistics.median(raw_w_s)
+    return [
+        {
+            "case": f"verify_store, {len(chunks)} chunk files, {chunk_bytes / 1e6:.0f} MB (warm)",
+            "ndt_store": chunk_bytes / 1e6 / v,
+            "baseline": chunk_bytes / 1e6 / r,
+            "unit": "MB/s",
+            "higher_is_better": True,
+            "baseline_name": "open + read of the same chunk files, one thread",
+            "target": ">= 0.5x the baseline's throughput",
+            "met": r / v >= 0.5,
+            "repeats": repeats + 1,
+        },
+        {
+            "case": f"synth_store write, {len(files)} files, {nbytes / 1e6:.0f} MB",
+            "ndt_store": nbytes / 1e6 / s,
+            "baseline": nbytes / 1e6 / w,
+            "unit": "MB/s",
+            "higher_is_better": True,
+            "baseline_name": "np.ndarray.tofile of the same bytes into the same number of files",
+            "target": ">= 0.5x the baseline's throughput",
+            "met": w / s >= 0.5,
+            "sizes": sizes,
+            "repeats": repeats,
+        },
+    ]
+
+
+def run(quick: bool = False, data: Path | None = None) -> list[dict[str, Any]]:
+    repeats = 3 if quick else 5
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(data) if data is not None else Path(tmp)
+        rows = jumps_rows(root / "n55", repeats)
+        rows += io_rows(Path(tmp) / "io", 2 if quick else 3, QUICK_SYNTH if quick else SYNTH)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller synth store")
+    parser.add_argument("--data", type=Path, help="keep/reuse the 55-experiment data here")
+    args = parser.parse_args()
+    rows = run(quick=args.quick, data=args.data)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
