@@ -80,8 +80,12 @@ def _loop(mode: str, steps: int, root: Path, tag: str) -> dict[str, Any]:
     rec = None
     if mode != "plain":
         store = ndt_store.open_store(root / f"{tag}.zarr")
-        jumps = JumpPolicy(window=6, max_count=6) if mode == "jumps" else None
-        rec = Recorder(store, "bench", model, probe=_probe(), every=5, jump_snapshots=jumps)
+        # a short window and a low threshold: jumps fire within a short benchmark
+        jumps = JumpPolicy(window=4, threshold=1.2, max_count=6) if mode == "jumps" else None
+        tokens = False if mode == "tokens_off" else None
+        rec = Recorder(
+            store, "bench", model, probe=_probe(), every=5, jump_snapshots=jumps, tokens=tokens
+        )
         rec.__enter__()
     t0, c0 = time.perf_counter(), time.process_time()
     try:
@@ -168,7 +172,7 @@ def _burst(root: Path, steps: int, queue_mib: int) -> dict[str, Any]:
 
 def measure(steps: int, repeats: int, queue_mib: int, *, write: bool) -> dict[str, Any]:
     torch.set_num_threads(1)
-    modes = ("plain", "defaults", "plain2", "jumps")
+    modes = ("plain", "defaults", "tokens_off", "plain2", "jumps")
     times: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
     jumps_made: list[int] = []
@@ -187,6 +191,16 @@ def measure(steps: int, repeats: int, queue_mib: int, *, write: bool) -> dict[st
     # paired: each recorded loop against the plain loop run just before it
     over_defaults = [d / p - 1 for d, p in zip(times["defaults"], times["plain"], strict=True)]
     over_jumps = [j / p - 1 for j, p in zip(times["jumps"], times["plain2"], strict=True)]
+    over_seq = [j / p - 1 for j, p in zip(times["tokens_off"], times["plain"], strict=True)]
+    cpu_over = {
+        m: statistics.median(
+            [
+                c / p - 1
+                for c, p in zip(cpu[m], cpu["plain2" if m == "jumps" else "plain"], strict=True)
+            ]
+        )
+        for m in ("defaults", "tokens_off", "jumps")
+    }
     ms = {m: 1e3 * statistics.median(v) / steps for m, v in times.items()}
     cpu_ms = {m: 1e3 * statistics.median(v) / steps for m, v in cpu.items()}
     result = {
@@ -206,6 +220,8 @@ def measure(steps: int, repeats: int, queue_mib: int, *, write: bool) -> dict[st
         "load_average": os.getloadavg(),
         "overhead_defaults": statistics.median(over_defaults),
         "overhead_jumps": statistics.median(over_jumps),
+        "overhead_tokens_off": statistics.median(over_seq),
+        "cpu_overhead": cpu_over,
         "jump_snapshots_per_run": jumps_made,
         "snapshot": snap,
         "burst": burst,
@@ -213,16 +229,27 @@ def measure(steps: int, repeats: int, queue_mib: int, *, write: bool) -> dict[st
         f"--queue-mib {queue_mib}",
     }
     print(result["model"] + f", {steps} steps x {repeats} repeats, torch threads 1")
-    print(f"plain {ms['plain']:.1f} ms/step; defaults {ms['defaults']:.1f} "
-          f"({100 * result['overhead_defaults']:.1f}% paired); jumps {ms['jumps']:.1f} "
-          f"({100 * result['overhead_jumps']:.1f}% paired, jump snapshots {jumps_made})")  # fmt: skip
-    print("CPU ms/step (all threads): " + ", ".join(f"{k} {v:.1f}" for k, v in cpu_ms.items())
-          + f"; load average {os.getloadavg()[0]:.1f} on {result['machine']['cpus']} CPUs")  # fmt: skip
-    print(f"snapshot: estimate {snap['estimate'] / 2**20:.2f} MiB, on disk "
-          f"{snap['on_disk'] / 2**20:.2f} MiB (ratio {snap['ratio']:.3f})")  # fmt: skip
-    print(f"burst of {burst['snapshots']} snapshots: queue peak "
-          f"{burst['peak_queue_bytes'] / 2**20:.1f} MiB (bound {queue_mib} MiB), peak RSS "
-          f"{burst['peak_rss_mb']:.0f} MB")  # fmt: skip
+    print(
+        f"plain {ms['plain']:.1f} ms/step; defaults {ms['defaults']:.1f} "
+        f"({100 * result['overhead_defaults']:.1f}% paired); jumps {ms['jumps']:.1f} "
+        f"({100 * result['overhead_jumps']:.1f}% paired, jump snapshots {jumps_made})"
+    )
+    print(f"tokens=False: {ms['tokens_off']:.1f} ms/step "
+          f"({100 * result['overhead_tokens_off']:.1f}% paired)")  # fmt: skip
+    print(
+        "CPU ms/step (all threads): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in cpu_ms.items())
+        + f"; load average {os.getloadavg()[0]:.1f} on {result['machine']['cpus']} CPUs"
+    )
+    print(
+        f"snapshot: estimate {snap['estimate'] / 2**20:.2f} MiB, on disk "
+        f"{snap['on_disk'] / 2**20:.2f} MiB (ratio {snap['ratio']:.3f})"
+    )
+    print(
+        f"burst of {burst['snapshots']} snapshots: queue peak "
+        f"{burst['peak_queue_bytes'] / 2**20:.1f} MiB (bound {queue_mib} MiB), peak RSS "
+        f"{burst['peak_rss_mb']:.0f} MB"
+    )
     if write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=2) + "\n")

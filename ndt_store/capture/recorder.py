@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -73,6 +73,24 @@ def probe_hash(inputs: Any) -> str:
     h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+class _EstimateAttribute:
+    """``Recorder.estimate(model, probe, ...)`` on the class; the entry estimate on an instance.
+
+    On a recorder, ``rec.estimate`` is the dict of bytes the chosen settings will
+    write (computed on entry, before training); on the class, it is a function
+    computing the same dict without a store (see :meth:`Recorder._estimate_without_run`).
+    """
+
+    @overload
+    def __get__(self, obj: None, owner: type[Recorder]) -> Callable[..., dict[str, Any]]: ...
+    @overload
+    def __get__(self, obj: Recorder, owner: type[Recorder]) -> dict[str, Any]: ...
+    def __get__(self, obj: Recorder | None, owner: type[Recorder]) -> Any:
+        if obj is None:
+            return owner._estimate_without_run
+        return obj._est
 
 
 def _human(nbytes: float) -> str:
@@ -205,6 +223,10 @@ class Recorder:
         patterns.
     """
 
+    estimate = _EstimateAttribute()
+    """``Recorder.estimate(model, probe, **options)``: the estimate without a run;
+    ``rec.estimate``: the bytes this recorder's settings will write (set on entry)."""
+
     def __init__(
         self,
         store: Any,
@@ -282,7 +304,9 @@ class Recorder:
         """Bytes and count of the snapshots stored by this session (``max_bytes``)."""
         self.skipped_snapshots: list[int] = []
         """Steps whose snapshot did not fit ``max_bytes``."""
-        self.attention_heads = None if attention_heads is None else [int(h) for h in attention_heads]
+        self.attention_heads = (
+            None if attention_heads is None else [int(h) for h in attention_heads]
+        )
         self.attention_queries = (
             None if attention_queries is None else [int(q) for q in attention_queries]
         )
@@ -298,9 +322,7 @@ class Recorder:
         self.start_step = 0
         """First step that will be recorded (after the last stored one when resuming)."""
         self.last_stored_step: int | None = None
-        self.estimate: dict[str, Any] = {}  # type: ignore[method-assign,assignment]
-        """Bytes the chosen settings will write (computed on entry, before training);
-        :meth:`Recorder.estimate` called on the class computes it without a store."""
+        self._est: dict[str, Any] = {}
         self.results: dict[str, Any] = {}
         self.jumps: JumpSnapshots | None = None
         self._writer: BackgroundWriter | None = None
@@ -343,9 +365,7 @@ class Recorder:
         return probe, labels
 
     @classmethod
-    def estimate(  # type: ignore[no-redef]
-        cls, model: Any, probe: Any, **options: Any
-    ) -> dict[str, Any]:
+    def _estimate_without_run(cls, model: Any, probe: Any, **options: Any) -> dict[str, Any]:
         """Bytes a recording would write, without creating the run (no store needed).
 
         Runs the one dry probe forward a recording runs on entry (training is not
@@ -371,7 +391,7 @@ class Recorder:
         torch = require("torch", "torch")
         rec = cls(None, options.pop("experiment", "estimate"), model, probe=probe, **options)
         rec._prepare(torch)
-        return {**rec.estimate, "summary": rec.describe_estimate()}
+        return {**rec._est, "summary": rec.describe_estimate()}
 
     def __enter__(self) -> Recorder:
         torch = require("torch", "torch")
@@ -417,7 +437,7 @@ class Recorder:
             )
         self.attention_layers = list(attn)
         self._check_attention_found(attn)
-        self.estimate = self._estimate(outs, attn)  # type: ignore[method-assign,assignment]
+        self._est = self._estimate(outs, attn)
 
     def _choose_token_layers(self, outs: Mapping[str, Any]) -> list[str]:
         torch = require("torch", "torch")
@@ -460,11 +480,11 @@ class Recorder:
         self.store.create_run(self.experiment, self._metadata(), self.layers)
         self._resume_state()
         log.warning(self.describe_estimate())
-        if self.max_bytes is not None and self.estimate["snapshot"] > self.max_bytes:
+        if self.max_bytes is not None and self._est["snapshot"] > self.max_bytes:
             log.warning(
                 "%s: one snapshot (%s) exceeds max_bytes=%d; no snapshot will be stored",
                 self.experiment,
-                _human(self.estimate["snapshot"]),
+                _human(self._est["snapshot"]),
                 self.max_bytes,
             )
 
@@ -577,7 +597,7 @@ class Recorder:
                 "numpy": np.__version__,
                 "ndt_store": ndt_store.__version__,
             },
-            "estimate_bytes": self.estimate,
+            "estimate_bytes": self._est,
             "phase1_samples": {
                 n: "tokens (sample x position)" if n in self.token_layers else "sequences"
                 for n in self.layers
@@ -660,7 +680,7 @@ class Recorder:
 
     def describe_estimate(self) -> str:
         """One line: what the chosen capture settings will write (uncompressed)."""
-        e = self.estimate
+        e = self._est
         recs = e["phase1_records"]
         text = (
             f"{self.experiment}: {len(self.layers)} layers, Phase 1 "
@@ -780,7 +800,7 @@ class Recorder:
 
     def _admit(self, step: int, trigger: str) -> bool:
         """Whether a snapshot at ``step`` still fits ``max_bytes`` (and spend it if so)."""
-        size = int(self.estimate["snapshot"])
+        size = int(self._est["snapshot"])
         if self.budget.fits(size):
             self.budget.spend(size)
             return True
@@ -884,9 +904,7 @@ class Recorder:
             payload = self._snapshot_payload(outs, attn)
             self._writer.put(PendingSnapshot(step, payload, {"trigger": "scheduled"}))
         # the budget counts a deferred snapshot as the full snapshot it stands for
-        kept = (
-            DeferredSnapshot(step, self._kept_state(), self.estimate["snapshot"]) if ring else None
-        )
+        kept = DeferredSnapshot(step, self._kept_state(), self._est["snapshot"]) if ring else None
         if measure:
             k = self.metric_samples
             acts = [

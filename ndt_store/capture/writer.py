@@ -13,8 +13,9 @@ Snapshots are written one committed unit each.
 
 When the queue is full (``max_queue`` items or ``max_queue_bytes`` bytes of
 host copies), :meth:`BackgroundWriter.put` blocks: memory stays bounded and the
-training loop slows down to the disk's pace instead of growing without limit. An error in the writer thread is raised again on the training
-thread at the next ``put``, ``flush`` or ``close``.
+training loop slows down to the disk's pace instead of growing without limit.
+An error in the writer thread is raised again on the training thread at the
+next ``put``, ``flush`` or ``close``.
 """
 
 from __future__ import annotations
