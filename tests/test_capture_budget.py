@@ -210,3 +210,18 @@ def test_estimate_command_from_a_hugging_face_config(tmp_path, capsys):
     assert main(["estimate", str(tmp_path / "cfg"), "--batch", "2", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["snapshot_attention"] == 4 * 2 * 2 * 12 * 12  # samples x heads x 12 x 12
+
+
+def test_large_phase1_eigendecompositions_are_announced(monkeypatch, caplog):
+    import ndt_store.capture.recorder as recorder_mod
+
+    monkeypatch.setattr(recorder_mod, "_LARGE_GRAM", 10)
+    model = nn.Sequential(nn.Linear(4, 12), nn.Linear(12, 3))
+    with caplog.at_level(logging.WARNING, logger="ndt_store.capture"):
+        Recorder.estimate(model, torch.zeros(2, 6, 4))  # 12 tokens x 12 features
+    (msg,) = [r.message for r in caplog.records if "eigendecomposition" in r.message]
+    assert "0 (12 x 12)" in msg and "1 (" not in msg
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ndt_store.capture"):
+        Recorder.estimate(model, torch.zeros(2, 6, 4), metric_samples=1)
+    assert not [r for r in caplog.records if "eigendecomposition" in r.message]

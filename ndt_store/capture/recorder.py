@@ -55,6 +55,7 @@ log = logging.getLogger("ndt_store.capture")
 
 _RECORD_BYTES_PER_LAYER = 8 * len(D.PHASE1_METRICS)
 _RECORD_BYTES_FIXED = 8 * 4  # step, loss, grad_norm, epoch
+_LARGE_GRAM = 4096  # a float64 eigendecomposition of this size takes seconds on a CPU
 
 
 def probe_hash(inputs: Any) -> str:
@@ -437,6 +438,7 @@ class Recorder:
             )
         self.attention_layers = list(attn)
         self._check_attention_found(attn)
+        self._check_metric_cost(outs)
         self._est = self._estimate(outs, attn)
 
     def _choose_token_layers(self, outs: Mapping[str, Any]) -> list[str]:
@@ -457,6 +459,26 @@ class Recorder:
                 field="tokens",
             )
         return chosen
+
+    def _check_metric_cost(self, outs: Mapping[str, Any]) -> None:
+        """Warn when a layer's Phase 1 metrics need a very large eigendecomposition."""
+        big = []
+        for name in self.layers:
+            t = self._metric_view(name, outs[name][: self.metric_samples])
+            rows, feats = int(t.shape[0]), int(t[0].numel()) if t.shape[0] else 0
+            if min(rows, feats) > _LARGE_GRAM:
+                big.append(f"{name} ({rows} x {feats})")
+        if big:
+            log.warning(
+                "%s: Phase 1 metrics of %s need a Gram eigendecomposition larger than %d x %d "
+                "every %d steps (on the probe's batch size); pass metric_samples=, layers= "
+                "or tokens=False to make them cheaper",
+                self.experiment,
+                ", ".join(big[:4]) + (" ..." if len(big) > 4 else ""),
+                _LARGE_GRAM,
+                _LARGE_GRAM,
+                self.every,
+            )
 
     def _check_attention_found(self, attn: Mapping[str, Any]) -> None:
         if not self.attention or attn:
@@ -878,6 +900,7 @@ class Recorder:
             return False
         measure = step % self.every == 0
         snap = self.is_scheduled(step) and step not in self._stored_snapshots
+        snap = snap and self._admit(step, "scheduled")  # within max_bytes
         ring = measure and self.jumps is not None
         if not (measure or snap):
             self._writer._check()
@@ -900,7 +923,7 @@ class Recorder:
                 want_attention=self.attention and snap,
                 samples=None if full else self.metric_samples,
             )
-        if snap and self._admit(step, "scheduled"):
+        if snap:
             payload = self._snapshot_payload(outs, attn)
             self._writer.put(PendingSnapshot(step, payload, {"trigger": "scheduled"}))
         # the budget counts a deferred snapshot as the full snapshot it stands for
