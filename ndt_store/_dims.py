@@ -111,3 +111,9 @@ PUBLISHED_PERIOD_COLUMNS: tuple[str, ...] = (
     "loss_correlation",
 )
 """Columns of ``critical_periods_detailed.csv``."""
+
+WEIGHT_ALIASES = "weight_aliases"
+"""Experiment metadata: ``{alias: stored parameter name}`` for tied parameters."""
+ATTENTION_SUBSET = "attention_subset"
+"""Experiment metadata: ``{"head": [...], "query": [...]}`` stored subset of attention
+maps (``None`` = all)."""

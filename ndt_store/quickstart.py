@@ -201,6 +201,7 @@ def _train_one(
         probe=probe,
         every=every,
         metric_samples=64,
+        tokens=False,  # the study measured whole sequences (sample x (row * feature))
         # step 1 rather than 0: a jump at record 0 makes a before/during moment pair
         # at step 0 on both sides, which ndt_store.compare cannot compare yet
         snapshot_steps=[1, *range(snapshot_every, steps - 1, snapshot_every), steps - 1],

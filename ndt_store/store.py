@@ -98,6 +98,34 @@ def parameter_dims(ndim: int) -> tuple[str, ...]:
     return _PARAM_DIMS.get(ndim, tuple(f"dim_{i}" for i in range(ndim)))
 
 
+SNAPSHOT_CHUNK_BYTES = 64 * 2**20
+"""Largest stored chunk of a snapshot tensor: smaller tensors are one chunk a step."""
+
+
+def snapshot_chunks(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
+    """Chunk of one step of a snapshot tensor: whole if it fits :data:`SNAPSHOT_CHUNK_BYTES`,
+    else split along its leading axes.
+
+    Examples
+    --------
+    >>> snapshot_chunks((8, 12, 1024, 1024), 4)  # 48 MiB a sample
+    (1, 1, 12, 1024, 1024)
+    >>> snapshot_chunks((2, 12, 2048, 2048), 4)  # 192 MiB a sample: 4 heads a chunk
+    (1, 1, 4, 2048, 2048)
+    >>> snapshot_chunks((16, 32), 4)
+    (1, 16, 32)
+    """
+    chunk = [int(n) for n in shape]
+    for axis in range(len(chunk)):
+        rest = int(np.prod(chunk[axis + 1 :], dtype=np.int64)) * itemsize
+        if rest * chunk[axis] <= SNAPSHOT_CHUNK_BYTES:
+            break
+        chunk[axis] = max(1, SNAPSHOT_CHUNK_BYTES // max(1, rest))
+        if chunk[axis] > 1 or rest <= SNAPSHOT_CHUNK_BYTES:
+            break
+    return (1, *chunk)
+
+
 def activation_dims(ndim: int) -> tuple[str, ...]:
     """Names of one sample's activation dims (``feature`` or ``channel, height, width``)."""
     if ndim == 1:
@@ -711,7 +739,7 @@ class Store:
                 col = f"{kind}/{name}"
                 columns[col] = arr[None]
                 dims[col] = (D.STEP, *dimfn(arr.ndim))
-                chunks[col] = (1, *arr.shape)
+                chunks[col] = snapshot_chunks(arr.shape, arr.dtype.itemsize)
             columns[f"present/{kind}"] = np.asarray([True])
             dims[f"present/{kind}"] = (D.STEP,)
         if not kinds:
@@ -738,7 +766,8 @@ class Store:
             if probe_hash is not None and (activations or attention):
                 extra[D.PROBE_HASH] = probe_hash
             if labels is not None and D.LABEL not in frame.static:
-                frame.add_static(D.LABEL, np.asarray(labels), (D.SAMPLE,))
+                labels = np.asarray(labels)  # per sample, or per token (sample, position)
+                frame.add_static(D.LABEL, labels, (D.SAMPLE, "position")[: max(1, labels.ndim)])
             # attention that does not compress (dense softmax) is stored raw: decoding
             # it would cost CPU on every read for ~5% of space (docs/data-model.md)
             codecs = {
@@ -791,7 +820,7 @@ class Store:
         attrs: dict[str, Any] = {}
         if kind != D.WEIGHTS:
             if D.LABEL in frame.static:
-                coords[D.LABEL] = (D.SAMPLE, frame.read(D.LABEL))
+                coords[D.LABEL] = (tuple(frame.static[D.LABEL]), frame.read(D.LABEL))
             if D.PROBE_HASH in frame.group.attrs:
                 attrs[D.PROBE_HASH] = frame.group.attrs[D.PROBE_HASH]
         # rows in storage order (the usual case) are a slice: no gather, no copy
@@ -805,7 +834,8 @@ class Store:
                 else frame.dask(col)[rows]
             )
             label = col[len(prefix) :]
-            da_ = xr.DataArray(data, dims=dims, coords=coords, name=label, attrs=dict(attrs))
+            here = {k: v for k, v in coords.items() if k == D.STEP or set(v[0]) <= set(dims)}
+            da_ = xr.DataArray(data, dims=dims, coords=here, name=label, attrs=dict(attrs))
             da_.attrs["kind"] = kind
             da_.attrs["experiment"] = experiment
             if kind != D.WEIGHTS:
@@ -818,6 +848,10 @@ class Store:
     ) -> dict[str, xr.DataArray]:
         """Stored parameters of ``experiment``: ``{name: DataArray(step, ...)}``, lazy, by step."""
         out = self._snapshot_arrays(experiment, D.WEIGHTS, None)
+        # tied parameters are stored once; their other names serve the same array
+        for alias, name in self.metadata(experiment).get(D.WEIGHT_ALIASES, {}).items():
+            if name in out and alias not in out:
+                out[alias] = out[name].rename(alias).assign_attrs(alias_of=name)
         if steps is not None:
             out = {k: v.sel({D.STEP: list(steps)}) for k, v in out.items()}
         return out
@@ -830,10 +864,19 @@ class Store:
     def attention(self, experiment: str, layer: str | None = None) -> Any:
         """Attention probabilities ``(step, sample, head, query, key)`` per layer."""
         out = self._snapshot_arrays(experiment, D.ATTENTION, layer)
+        # a stored subset of heads / queries keeps the indices it was taken at
+        subset = self.metadata(experiment).get(D.ATTENTION_SUBSET) or {}
+
+        def label(v: xr.DataArray) -> xr.DataArray:
+            coords = {D.HEAD: subset.get(D.HEAD) or np.arange(v.sizes[D.HEAD])}
+            if subset.get(D.QUERY):
+                coords[D.QUERY] = subset[D.QUERY]
+            return v.assign_coords(coords)
+
         if layer is not None:
             layer = normalize_name(layer)
-            return out[layer].assign_coords({D.HEAD: np.arange(out[layer].sizes[D.HEAD])})
-        return {k: v.assign_coords({D.HEAD: np.arange(v.sizes[D.HEAD])}) for k, v in out.items()}
+            return label(out[layer])
+        return {k: label(v) for k, v in out.items()}
 
     # ------------------------------------------------------------------ tables
     def write_table(self, name: str, table: pd.DataFrame, *, overwrite: bool = False) -> str:

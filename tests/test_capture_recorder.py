@@ -149,6 +149,7 @@ def test_recorder_stores_expected_dims_steps_and_values(store) -> None:
 
     acts = store.activations("tiny")
     assert set(acts) == set(rec.layers)
+    assert rec.token_layers == rec.layers[:-1]  # all but fc have a position axis
     a1 = acts["transformer.layers.0.linear1"]
     assert a1.dims == (D.STEP, D.SAMPLE, "position", D.FEATURE)
     assert a1.shape == (3, 12, 8, 32)
@@ -160,7 +161,9 @@ def test_recorder_stores_expected_dims_steps_and_values(store) -> None:
             if step % 5:
                 continue
             a = act.sel(step=step).values.astype(np.float64)
-            want = np.array(dimensionality_metrics(a.reshape(a.shape[0], -1)))
+            # (sample, position, feature) outputs are measured over tokens by default
+            rows = a.shape[0] * a.shape[1] if layer in rec.token_layers else a.shape[0]
+            want = np.array(dimensionality_metrics(a.reshape(rows, -1)))
             got = np.array([ds[m].sel(step=step, layer=layer).item() for m in D.PHASE1_METRICS])
             np.testing.assert_allclose(got, want, rtol=2e-4)
 

@@ -17,6 +17,7 @@ RUNNABLE = [
     "dynamics.md",
     "guarantees.md",
     "capture.md",
+    "recording-real-models.md",
     "quickstart.md",
     "measurements.md",
 ]

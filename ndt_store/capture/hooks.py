@@ -25,15 +25,18 @@ __all__ = [
     "DEFAULT_LAYER_TYPES",
     "attention_modules",
     "capture_attention",
+    "capture_module_attention",
     "capture_outputs",
+    "module_attention_sources",
     "select_layers",
 ]
 
-DEFAULT_LAYER_TYPES: tuple[str, ...] = ("Linear", "Conv1d", "Conv2d")
+DEFAULT_LAYER_TYPES: tuple[str, ...] = ("Linear", "Conv1d", "Conv2d", "Conv1D")
 """Module types tracked when no layers are given (by class name, subclasses included).
 
 Matches the study's layer sets (``input_proj``, ``transformer.layers.N.linear1`` ...,
-``conv_layers.N``, ``network.N``, ``fc``). Linear modules owned by an
+``conv_layers.N``, ``network.N``, ``fc``) and Hugging Face ``transformers``' GPT-2
+style ``Conv1D`` (a linear layer whose weight is stored ``(in, out)``). Linear modules owned by an
 ``nn.MultiheadAttention`` (``out_proj``) are skipped: attention calls them
 functionally, so a hook on them never fires. Pass ``"MultiheadAttention"`` to also
 track the attention outputs.
@@ -289,3 +292,85 @@ def capture_attention(modules: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         for name, module in modules.items():
             stack.enter_context(_patched_mha(name, module, got))
         yield got
+
+
+def module_attention_sources(model: Any) -> dict[str, Any]:
+    """Attention modules other than ``nn.MultiheadAttention``, by name.
+
+    Modules whose class name ends in ``Attention`` (``GPT2Attention``,
+    ``BertSelfAttention`` ...). Hugging Face attention modules return
+    ``(output, weights)``; the weights are ``(sample, head, query, key)``
+    probabilities when the eager attention implementation runs (SDPA and flash
+    kernels return ``None``: see :func:`ndt_store.capture.isolation.eager_attention`).
+
+    Examples
+    --------
+    >>> import torch.nn as nn
+    >>> class SelfAttention(nn.Module):
+    ...     pass
+    >>> list(module_attention_sources(nn.Sequential(SelfAttention(), nn.Linear(2, 2))))
+    ['0']
+    """
+    torch = _torch()
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if n
+        and type(m).__name__.endswith("Attention")
+        and not isinstance(m, torch.nn.MultiheadAttention)
+    }
+
+
+@contextmanager
+def capture_module_attention(modules: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Attention weights returned by attention modules as ``output[1]`` while inside.
+
+    A forward hook on each module keeps the second element of a tuple output when
+    it is a 4-D tensor ``(sample, head, query, key)``. A tensor passed up unchanged
+    by an enclosing module (``BertAttention`` returns what ``BertSelfAttention``
+    computed) is kept once, under the innermost module: the one that produced it.
+
+    Yields
+    ------
+    dict
+        ``{module name: detached tensor (sample, head, query, key)}``.
+
+    Examples
+    --------
+    >>> import torch, torch.nn as nn
+    >>> class Attention(nn.Module):
+    ...     def forward(self, x):
+    ...         w = torch.softmax(x @ x.transpose(-1, -2), -1)[:, None]
+    ...         return x, w
+    >>> m = nn.Sequential(Attention())
+    >>> with capture_module_attention({"0": m[0]}) as got:
+    ...     _ = m(torch.zeros(2, 3, 4))
+    >>> tuple(got["0"].shape), len(m[0]._forward_hooks)
+    ((2, 1, 3, 3), 0)
+    """
+    torch = _torch()
+    got: dict[str, Any] = {}
+    seen: dict[int, tuple[str, Any]] = {}  # the tensor is kept: its id stays unique
+    handles = []
+
+    def make(name: str) -> Callable[..., None]:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            if not isinstance(output, (tuple, list)) or len(output) < 2:
+                return
+            w = output[1]
+            if not isinstance(w, torch.Tensor) or w.ndim != 4:
+                return
+            if id(w) in seen and seen[id(w)][0] != name:
+                return  # passed up by an enclosing module
+            seen[id(w)] = (name, w)
+            got[name] = w.detach()
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make(name)))
+        yield got
+    finally:
+        for h in handles:
+            h.remove()

@@ -9,14 +9,16 @@ weights, probe-batch activations (with labels) and per-head attention. See
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
 import platform
 import queue
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -24,11 +26,16 @@ from ndt_store import _dims as D
 from ndt_store.capture.hooks import (
     attention_modules,
     capture_attention,
+    capture_module_attention,
     capture_outputs,
+    module_attention_sources,
     select_layers,
 )
+from ndt_store.capture.isolation import can_switch_to_eager, eager_attention, untouched
 from ndt_store.capture.metrics import gram_singular_values
+from ndt_store.capture.params import stored_state, tied_aliases, transposed_weights
 from ndt_store.capture.trigger import (
+    Budget,
     DeferredSnapshot,
     JumpPolicy,
     JumpSnapshots,
@@ -40,7 +47,7 @@ from ndt_store.capture.writer import (
     PendingSnapshot,
     to_host,
 )
-from ndt_store.errors import InputError, NdtStoreError, require
+from ndt_store.errors import InputError, NdtStoreError, NdtStoreWarning, require
 
 __all__ = ["Recorder", "probe_hash"]
 
@@ -48,6 +55,7 @@ log = logging.getLogger("ndt_store.capture")
 
 _RECORD_BYTES_PER_LAYER = 8 * len(D.PHASE1_METRICS)
 _RECORD_BYTES_FIXED = 8 * 4  # step, loss, grad_norm, epoch
+_LARGE_GRAM = 4096  # a float64 eigendecomposition of this size takes seconds on a CPU
 
 
 def probe_hash(inputs: Any) -> str:
@@ -66,6 +74,24 @@ def probe_hash(inputs: Any) -> str:
     h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+class _EstimateAttribute:
+    """``Recorder.estimate(model, probe, ...)`` on the class; the entry estimate on an instance.
+
+    On a recorder, ``rec.estimate`` is the dict of bytes the chosen settings will
+    write (computed on entry, before training); on the class, it is a function
+    computing the same dict without a store (see :meth:`Recorder._estimate_without_run`).
+    """
+
+    @overload
+    def __get__(self, obj: None, owner: type[Recorder]) -> Callable[..., dict[str, Any]]: ...
+    @overload
+    def __get__(self, obj: Recorder, owner: type[Recorder]) -> dict[str, Any]: ...
+    def __get__(self, obj: Recorder | None, owner: type[Recorder]) -> Any:
+        if obj is None:
+            return owner._estimate_without_run
+        return obj._est
 
 
 def _human(nbytes: float) -> str:
@@ -126,8 +152,15 @@ class Recorder:
         :func:`~ndt_store.capture.hooks.select_layers`); default Linear/Conv layers.
     attention
         Capture attention probabilities at snapshots: from every
-        ``nn.MultiheadAttention`` (including inside ``nn.TransformerEncoderLayer``)
-        and, when ``attention_kwargs`` is given, from the model's output.
+        ``nn.MultiheadAttention`` (including inside ``nn.TransformerEncoderLayer``),
+        from attention modules that return ``(output, weights)`` (Hugging Face
+        ``GPT2Attention``, ``BertSelfAttention`` ...: a Hugging Face model is switched
+        to eager attention for the snapshot probe forward only, whatever its
+        ``attn_implementation``) and, when ``attention_kwargs`` is given and no
+        module produced weights, from the model's output. Arrays are named by the
+        module that produced them (``transformer.h.0.attn``). If attention modules
+        exist but none returns weights, a :class:`~ndt_store.errors.NdtStoreWarning`
+        is issued on entry.
     attention_kwargs
         Extra keyword arguments for snapshot probe forwards of models that return
         attentions when asked (e.g. ``{"output_attentions": True}``).
@@ -160,11 +193,40 @@ class Recorder:
         alone (in eval mode each sample's outputs do not depend on the others).
         Default: all. The study measured 64-sample training batches.
     eval_probe
-        Run the probe in eval mode (dropout off, batch-norm running stats).
+        Run the probe in eval mode (dropout off, batch-norm running stats). Either
+        way a probe forward changes nothing training sees: buffers (batch-norm
+        statistics), each module's train/eval flag and the torch random generators
+        are put back afterwards.
     flush_every, flush_seconds, max_queue
         Phase 1 records per append, longest time records wait in memory, and
         queue length of the background writer.
+    tokens
+        Phase 1 metrics over tokens: a ``(sample, position, feature)`` output is
+        measured as a ``(sample·position) × feature`` matrix instead of
+        ``sample × (position·feature)``. ``None`` (default): for every tracked
+        non-convolution layer whose output is 3-D with the probe's second axis as
+        its second (a position axis). Stored activations keep
+        ``(sample, position, feature)`` either way. ``metric_samples`` still counts
+        sequences.
+    max_bytes
+        Budget over all snapshots of this session (scheduled, manual and
+        jump-triggered), in uncompressed bytes; a snapshot that would exceed it is
+        skipped with a warning naming the step and the budget.
+    max_queue_bytes
+        Bytes of host copies the writer queue may hold; :meth:`step` blocks
+        (back-pressure) while a new item would exceed it. An item larger than
+        the bound is admitted alone.
+    attention_heads, attention_queries
+        Store only these head indices / query positions of each attention map
+        (long contexts); the stored ``head`` and ``query`` coordinates name them.
+    attention_layers
+        Store attention only of modules matching these names or ``fnmatch``
+        patterns.
     """
+
+    estimate = _EstimateAttribute()
+    """``Recorder.estimate(model, probe, **options)``: the estimate without a run;
+    ``rec.estimate``: the bytes this recorder's settings will write (set on entry)."""
 
     def __init__(
         self,
@@ -194,6 +256,12 @@ class Recorder:
         flush_every: int = 200,
         flush_seconds: float = 5.0,
         max_queue: int = 8,
+        tokens: bool | None = None,
+        max_bytes: int | None = None,
+        max_queue_bytes: int = 512 * 2**20,
+        attention_heads: Sequence[int] | None = None,
+        attention_queries: Sequence[int] | None = None,
+        attention_layers: Sequence[str] | None = None,
     ) -> None:
         if every < 1:
             raise InputError("every must be a positive number of steps", field="every", value=every)
@@ -229,14 +297,33 @@ class Recorder:
             "flush_every": flush_every,
             "flush_seconds": flush_seconds,
             "max_queue": max_queue,
+            "max_queue_bytes": max_queue_bytes,
         }
+        self.tokens = tokens
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
+        self.budget = Budget(max_bytes=self.max_bytes)
+        """Bytes and count of the snapshots stored by this session (``max_bytes``)."""
+        self.skipped_snapshots: list[int] = []
+        """Steps whose snapshot did not fit ``max_bytes``."""
+        self.attention_heads = (
+            None if attention_heads is None else [int(h) for h in attention_heads]
+        )
+        self.attention_queries = (
+            None if attention_queries is None else [int(q) for q in attention_queries]
+        )
+        self.attention_layer_patterns = None if attention_layers is None else list(attention_layers)
+        self.token_layers: list[str] = []
+        """Tracked layers whose Phase 1 metrics are taken over tokens."""
+        self.weight_aliases: dict[str, str] = {}
+        """Tied parameters: ``{alias: stored name}``."""
+        self.transposed_weights: list[str] = []
+        """``(in, out)`` weights stored transposed as ``(out, in)``."""
         self.layers: list[str] = []
         self.attention_layers: list[str] = []
         self.start_step = 0
         """First step that will be recorded (after the last stored one when resuming)."""
         self.last_stored_step: int | None = None
-        self.estimate: dict[str, Any] = {}
-        """Bytes the chosen settings will write (computed on entry, before training)."""
+        self._est: dict[str, Any] = {}
         self.results: dict[str, Any] = {}
         self.jumps: JumpSnapshots | None = None
         self._writer: BackgroundWriter | None = None
@@ -267,12 +354,45 @@ class Recorder:
             labels = np.asarray(
                 labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else labels
             )
-            if labels.shape[:1] != tuple(probe.shape[:1]):
+            per_sample = tuple(probe.shape[:1])
+            per_token = tuple(probe.shape[:2]) if probe.ndim >= 2 else None
+            if labels.shape not in (per_sample, per_token):
+                expected = f"{per_sample}" + (f" or, per token, {per_token}" if per_token else "")
                 raise InputError(
-                    f"probe labels have shape {labels.shape}; expected ({probe.shape[0]},)",
+                    f"probe labels have shape {labels.shape} but the probe inputs have shape "
+                    f"{tuple(probe.shape)}; expected {expected}",
                     field="probe",
                 )
         return probe, labels
+
+    @classmethod
+    def _estimate_without_run(cls, model: Any, probe: Any, **options: Any) -> dict[str, Any]:
+        """Bytes a recording would write, without creating the run (no store needed).
+
+        Runs the one dry probe forward a recording runs on entry (training is not
+        changed by it) and returns what the instance attribute ``estimate`` would
+        hold. ``options`` are the :class:`Recorder` keyword arguments.
+
+        Returns
+        -------
+        dict
+            ``phase1_record`` (bytes per record), ``phase1_records``, ``snapshot``
+            (bytes per snapshot) and its parts ``snapshot_weights``,
+            ``snapshot_activations``, ``snapshot_attention``,
+            ``scheduled_snapshots``, ``jump_budget``, ``max_bytes``, ``total`` and
+            ``summary`` (the line the recorder logs).
+
+        Examples
+        --------
+        >>> import torch, torch.nn as nn
+        >>> est = Recorder.estimate(nn.Linear(4, 3), torch.zeros(8, 4), snapshot_steps=[0, 10])
+        >>> est["snapshot_weights"], est["snapshot_activations"], est["snapshot"]
+        (60, 96, 156)
+        """
+        torch = require("torch", "torch")
+        rec = cls(None, options.pop("experiment", "estimate"), model, probe=probe, **options)
+        rec._prepare(torch)
+        return {**rec._est, "summary": rec.describe_estimate()}
 
     def __enter__(self) -> Recorder:
         torch = require("torch", "torch")
@@ -284,8 +404,8 @@ class Recorder:
             raise
         return self
 
-    def _enter(self, torch: Any) -> None:
-        assert self._stack is not None
+    def _prepare(self, torch: Any) -> None:
+        """Everything decided before the store is touched (and by :meth:`estimate`)."""
         params = list(self.model.parameters())
         self._params = params
         self.device = params[0].device if params else torch.device("cpu")
@@ -294,6 +414,10 @@ class Recorder:
         self.probe_inputs = inputs.to(self.device)
         self._modules = select_layers(self.model, self._layer_spec)
         self._attn_modules = attention_modules(self.model) if self.attention else {}
+        self._attn_sources = module_attention_sources(self.model) if self.attention else {}
+        state = self.model.state_dict()
+        self.weight_aliases = tied_aliases(state)
+        self.transposed_weights = [k for k in transposed_weights(self.model) if k in state]
 
         # one dry probe forward: which layers produce outputs, and their shapes
         outs, attn = self._probe(want_attention=self.attention)
@@ -305,13 +429,86 @@ class Recorder:
                 field="layers",
             )
         self._modules = {n: self._modules[n] for n in self.layers}
+        self.token_layers = self._choose_token_layers(outs)
+        if self.labels is not None and self.labels.ndim == 2 and not self.token_layers:
+            raise InputError(
+                f"per-token probe labels {self.labels.shape} need a tracked layer with a "
+                "position axis (sample, position, feature)",
+                field="probe",
+            )
         self.attention_layers = list(attn)
-        self.estimate = self._estimate(outs, attn)
+        self._check_attention_found(attn)
+        self._check_metric_cost(outs)
+        self._est = self._estimate(outs, attn)
 
+    def _choose_token_layers(self, outs: Mapping[str, Any]) -> list[str]:
+        torch = require("torch", "torch")
+        if self.tokens is False:
+            return []
+        seq = self.probe_inputs.shape[1] if self.probe_inputs.ndim >= 2 else None
+
+        def has_position(name: str) -> bool:
+            t = outs[name]
+            conv = isinstance(self._modules[name], torch.nn.modules.conv._ConvNd)
+            return t.ndim == 3 and not conv and (self.tokens or t.shape[1] == seq)
+
+        chosen = [n for n in self.layers if has_position(n)]
+        if self.tokens and not chosen:
+            raise InputError(
+                "tokens=True but no tracked layer has a (sample, position, feature) output",
+                field="tokens",
+            )
+        return chosen
+
+    def _check_metric_cost(self, outs: Mapping[str, Any]) -> None:
+        """Warn when a layer's Phase 1 metrics need a very large eigendecomposition."""
+        big = []
+        for name in self.layers:
+            t = self._metric_view(name, outs[name][: self.metric_samples])
+            rows, feats = int(t.shape[0]), int(t[0].numel()) if t.shape[0] else 0
+            if min(rows, feats) > _LARGE_GRAM:
+                big.append(f"{name} ({rows} x {feats})")
+        if big:
+            log.warning(
+                "%s: Phase 1 metrics of %s need a Gram eigendecomposition larger than %d x %d "
+                "every %d steps (on the probe's batch size); pass metric_samples=, layers= "
+                "or tokens=False to make them cheaper",
+                self.experiment,
+                ", ".join(big[:4]) + (" ..." if len(big) > 4 else ""),
+                _LARGE_GRAM,
+                _LARGE_GRAM,
+                self.every,
+            )
+
+    def _check_attention_found(self, attn: Mapping[str, Any]) -> None:
+        if not self.attention or attn:
+            return
+        asked = bool(self.attention_kwargs or self.attention_from_output)
+        if not (asked or self._attn_sources):
+            return  # a model without attention: nothing to say
+        found = ", ".join(list(self._attn_sources)[:4]) or "none"
+        msg = (
+            f"{self.experiment}: attention was asked for but the probe forward returned no "
+            f"attention weights (attention modules: {found}); snapshots will have no "
+            "attention. Modules must return (output, weights) or pass attention_from_output="
+        )
+        log.warning(msg)
+        warnings.warn(msg, NdtStoreWarning, stacklevel=4)
+
+    def _enter(self, torch: Any) -> None:
+        assert self._stack is not None
+        self._prepare(torch)
         self._stack.enter_context(self.store.writer(self.experiment))
         self.store.create_run(self.experiment, self._metadata(), self.layers)
         self._resume_state()
-        log.info(self.describe_estimate())
+        log.warning(self.describe_estimate())
+        if self.max_bytes is not None and self._est["snapshot"] > self.max_bytes:
+            log.warning(
+                "%s: one snapshot (%s) exceeds max_bytes=%d; no snapshot will be stored",
+                self.experiment,
+                _human(self._est["snapshot"]),
+                self.max_bytes,
+            )
 
         self.jumps = self.jump_policy.build(self._write_triggered) if self.jump_policy else None
         if self.jumps is not None:
@@ -422,7 +619,20 @@ class Recorder:
                 "numpy": np.__version__,
                 "ndt_store": __version__,
             },
-            "estimate_bytes": self.estimate,
+            "estimate_bytes": self._est,
+            "phase1_samples": {
+                n: "tokens (sample x position)" if n in self.token_layers else "sequences"
+                for n in self.layers
+            },
+            "tied_parameters": dict(self.weight_aliases),
+            "transposed_weights": list(self.transposed_weights),
+            "attention_implementation": "eager for snapshot probe forwards"
+            if self._attn_sources and can_switch_to_eager(self.model)
+            else None,
+            "attention_heads": self.attention_heads,
+            "attention_queries": self.attention_queries,
+            "attention_layer_patterns": self.attention_layer_patterns,
+            "max_bytes": self.max_bytes,
         }
         meta: dict[str, Any] = {
             D.ARCH_NAME: self.arch_name,
@@ -431,6 +641,13 @@ class Recorder:
             D.ARCHITECTURE_PARAMS: {"num_params": n_params, "depth": len(self.layers)},
             "capture": capture,
         }
+        if self.weight_aliases:
+            meta[D.WEIGHT_ALIASES] = dict(self.weight_aliases)
+        if self.attention_heads is not None or self.attention_queries is not None:
+            meta[D.ATTENTION_SUBSET] = {
+                D.HEAD: self.attention_heads,
+                D.QUERY: self.attention_queries,
+            }
         if self.total_steps is not None:
             meta[D.NUM_STEPS] = int(self.total_steps)
         meta.update(self.extra_metadata)
@@ -438,7 +655,11 @@ class Recorder:
 
     def _estimate(self, outs: Mapping[str, Any], attn: Mapping[str, Any]) -> dict[str, Any]:
         record = _RECORD_BYTES_PER_LAYER * len(self.layers) + _RECORD_BYTES_FIXED
-        w = sum(int(v.numel() * v.element_size()) for v in self.model.state_dict().values())
+        w = sum(
+            int(v.numel() * v.element_size())
+            for k, v in self.model.state_dict().items()
+            if k not in self.weight_aliases
+        )
         a = sum(int(outs[n].numel() * outs[n].element_size()) for n in self.layers)
         t = sum(int(v.numel() * v.element_size()) for v in attn.values())
         snap = (w if self.capture_weights else 0) + (a if self.capture_activations else 0) + t
@@ -460,11 +681,12 @@ class Recorder:
             if self.jump_policy.max_count is not None:
                 caps.append(int(self.jump_policy.max_count) * snap)
             jump_bytes = min(caps) if caps else None
-        parts = [
-            None if n_records is None else n_records * record,
-            None if scheduled is None else scheduled * snap,
-            jump_bytes,
-        ]
+        snapshots = (
+            None if scheduled is None or jump_bytes is None else scheduled * snap + jump_bytes
+        )
+        if self.max_bytes is not None:  # every snapshot counts against max_bytes
+            snapshots = self.max_bytes if snapshots is None else min(snapshots, self.max_bytes)
+        parts = [None if n_records is None else n_records * record, snapshots]
         return {
             "phase1_record": record,
             "phase1_records": n_records,
@@ -474,18 +696,21 @@ class Recorder:
             "snapshot_attention": t,
             "scheduled_snapshots": scheduled,
             "jump_budget": jump_bytes,
+            "max_bytes": self.max_bytes,
             "total": None if any(p is None for p in parts) else int(sum(parts)),  # type: ignore[arg-type]
         }
 
     def describe_estimate(self) -> str:
         """One line: what the chosen capture settings will write (uncompressed)."""
-        e = self.estimate
+        e = self._est
         recs = e["phase1_records"]
         text = (
             f"{self.experiment}: {len(self.layers)} layers, Phase 1 "
             f"{_human(e['phase1_record'])}/record"
             + (f" x {recs} = {_human(recs * e['phase1_record'])}" if recs is not None else "")
-            + f"; snapshot {_human(e['snapshot'])}"
+            + f"; snapshot {_human(e['snapshot'])} (weights {_human(e['snapshot_weights'])}, "
+            f"activations {_human(e['snapshot_activations'])}, "
+            f"attention {_human(e['snapshot_attention'])})"
         )
         if e["scheduled_snapshots"] is not None:
             text += f" x {e['scheduled_snapshots']} scheduled"
@@ -494,6 +719,8 @@ class Recorder:
             text += "; jump budget " + ("unlimited" if jb is None else f"<= {_human(jb)}")
         if e["total"] is not None:
             text += f"; total ~ {_human(e['total'])}"
+        if self.max_bytes is not None:
+            text += f"; snapshot budget max_bytes {_human(self.max_bytes)}"
         return text
 
     # -------------------------------------------------------------- capture
@@ -503,24 +730,42 @@ class Recorder:
         torch = require("torch", "torch")
         inputs = self.probe_inputs if samples is None else self.probe_inputs[:samples]
         kwargs = self.attention_kwargs if want_attention else {}
-        was_training = self.model.training
         with ExitStack() as stack:
+            # buffers, train/eval flags and RNGs are put back: training never sees this
+            stack.enter_context(untouched(self.model))
             # copies: a later in-place op (ReLU(inplace=True)) would change the output
             outs = stack.enter_context(capture_outputs(self._modules, transform=_copy))
             attn: dict[str, Any] = {}
+            module_attn: dict[str, Any] = {}
             if want_attention and self._attn_modules:
                 attn = stack.enter_context(capture_attention(self._attn_modules))
+            if want_attention and self._attn_sources:
+                stack.enter_context(eager_attention(self.model))
+                module_attn = stack.enter_context(capture_module_attention(self._attn_sources))
             stack.enter_context(torch.no_grad())
             if self.eval_probe:
                 self.model.eval()
-            try:
-                output = self.model(inputs, **kwargs)
-            finally:
-                self.model.train(was_training)
-        attn = dict(attn)
-        if want_attention and (self.attention_kwargs or self.attention_from_output):
+            output = self.model(inputs, **kwargs)
+        attn = {**attn, **module_attn}
+        if want_attention and (
+            self.attention_from_output is not None or (self.attention_kwargs and not attn)
+        ):
             attn.update(self._output_attention(output))
-        return dict(outs), attn
+        return dict(outs), self._attention_subset(attn)
+
+    def _attention_subset(self, attn: dict[str, Any]) -> dict[str, Any]:
+        """The stored part of each attention map (``attention_layers/heads/queries``)."""
+        pats = self.attention_layer_patterns
+        if pats is not None:
+            attn = {n: t for n, t in attn.items() if any(fnmatch.fnmatchcase(n, p) for p in pats)}
+        out = {}
+        for name, t in attn.items():
+            if self.attention_heads is not None:
+                t = t[:, self.attention_heads]
+            if self.attention_queries is not None:
+                t = t[:, :, self.attention_queries]
+            out[name] = t
+        return out
 
     def _output_attention(self, output: Any) -> dict[str, Any]:
         if self.attention_from_output is not None:
@@ -557,12 +802,44 @@ class Recorder:
     def _snapshot_payload(self, outs: Mapping[str, Any], attn: Mapping[str, Any]) -> dict[str, Any]:
         payload: dict[str, Any] = {}
         if self.capture_weights:
-            payload[D.WEIGHTS] = {k: to_host(v) for k, v in self.model.state_dict().items()}
+            state = stored_state(
+                self.model.state_dict(),
+                aliases=self.weight_aliases,
+                transposed=self.transposed_weights,
+            )
+            payload[D.WEIGHTS] = {k: to_host(v) for k, v in state.items()}
         if self.capture_activations:
             payload[D.ACTIVATIONS] = {n: to_host(outs[n]) for n in self.layers if n in outs}
         if attn:
             payload[D.ATTENTION] = {n: to_host(t) for n, t in attn.items()}
         return payload
+
+    def _metric_view(self, name: str, act: Any) -> Any:
+        """A layer's output as the Phase 1 metrics see it: tokens as samples or not."""
+        if name in self.token_layers:
+            return act.reshape(act.shape[0] * act.shape[1], *act.shape[2:])
+        return act
+
+    def _admit(self, step: int, trigger: str) -> bool:
+        """Whether a snapshot at ``step`` still fits ``max_bytes`` (and spend it if so)."""
+        size = int(self._est["snapshot"])
+        if self.budget.fits(size):
+            self.budget.spend(size)
+            return True
+        self.skipped_snapshots.append(int(step))
+        if len(self.skipped_snapshots) == 1:
+            log.warning(
+                "%s: snapshot budget reached at step %d: max_bytes=%d (%s), %d snapshots "
+                "stored (%s); this %s snapshot and later ones that do not fit are skipped",
+                self.experiment,
+                step,
+                self.max_bytes,
+                _human(self.max_bytes or 0),
+                self.budget.used_count,
+                _human(self.budget.used_bytes),
+                trigger,
+            )
+        return False
 
     def is_scheduled(self, step: int) -> bool:
         """Whether ``step`` is a scheduled snapshot step."""
@@ -623,6 +900,7 @@ class Recorder:
             return False
         measure = step % self.every == 0
         snap = self.is_scheduled(step) and step not in self._stored_snapshots
+        snap = snap and self._admit(step, "scheduled")  # within max_bytes
         ring = measure and self.jumps is not None
         if not (measure or snap):
             self._writer._check()
@@ -649,12 +927,12 @@ class Recorder:
             payload = self._snapshot_payload(outs, attn)
             self._writer.put(PendingSnapshot(step, payload, {"trigger": "scheduled"}))
         # the budget counts a deferred snapshot as the full snapshot it stands for
-        kept = (
-            DeferredSnapshot(step, self._kept_state(), self.estimate["snapshot"]) if ring else None
-        )
+        kept = DeferredSnapshot(step, self._kept_state(), self._est["snapshot"]) if ring else None
         if measure:
             k = self.metric_samples
-            acts = [batch[n] if from_batch else outs[n][:k] for n in self.layers]
+            acts = [
+                self._metric_view(n, batch[n] if from_batch else outs[n][:k]) for n in self.layers
+            ]
             on_cpu = all(a.device.type == "cpu" for a in acts)
             if grad_norm is None:
                 grad_norm = self._grad_norm()
@@ -679,6 +957,8 @@ class Recorder:
         """Store a full snapshot now, at training ``step`` (``info``: JSON scalars)."""
         if self._writer is None:
             raise NdtStoreError("Recorder.snapshot() called outside its `with` block")
+        if not self._admit(int(step), "manual"):
+            return
         outs, attn = self._probe(want_attention=self.attention)
         self._writer.put(
             PendingSnapshot(
@@ -704,7 +984,11 @@ class Recorder:
     def _kept_state(self) -> dict[str, HostTensor]:
         """A host copy of the model's state for a deferred snapshot: kept in host memory
         (asynchronously from a GPU), as several records may wait in the writer's queue."""
-        return {k: to_host(v) for k, v in self.model.state_dict().items()}
+        return {
+            k: to_host(v)
+            for k, v in self.model.state_dict().items()
+            if k not in self.weight_aliases
+        }
 
     def _make_deferred(self) -> int:
         """Make the jump snapshots the writer asked for since the last call (training
@@ -723,8 +1007,13 @@ class Recorder:
         now = self._state_copy()
         try:
             for kept, info in todo:
+                if not self._admit(kept.step, str(info.get("trigger", "jump"))):
+                    continue
                 with torch.no_grad():
-                    self.model.load_state_dict({k: h.ready() for k, h in kept.state.items()})
+                    self.model.load_state_dict(
+                        {k: h.ready() for k, h in kept.state.items()},
+                        strict=not self.weight_aliases,  # aliases share the kept tensor
+                    )
                 outs, attn = self._probe(want_attention=self.attention)
                 payload = self._snapshot_payload(outs, attn)  # the kept weights
                 self._writer.put(PendingSnapshot(kept.step, payload, info))
@@ -779,6 +1068,13 @@ class Recorder:
                 "append_seconds": None if w is None else round(w.append_seconds, 4),
                 "snapshot_seconds": None if w is None else round(w.snapshot_seconds, 4),
                 "batch_metric_fallbacks": self._batch_fallbacks,
+                "snapshot_budget": {
+                    "max_bytes": self.max_bytes,
+                    "used_bytes": self.budget.used_bytes,
+                    "stored": self.budget.used_count,
+                    "skipped_steps": list(self.skipped_snapshots),
+                },
+                "peak_queue_bytes": None if w is None else w.peak_queued_bytes,
             }
         )
         if self.jumps is not None:

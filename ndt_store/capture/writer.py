@@ -11,10 +11,11 @@ activations): the writer thread shares the interpreter lock with the training
 loop, and a few large tensor operations hold it far less than many small ones.
 Snapshots are written one committed unit each.
 
-When the queue is full, :meth:`BackgroundWriter.put` blocks: memory stays
-bounded and the training loop slows down to the disk's pace instead of growing
-without limit. An error in the writer thread is raised again on the training
-thread at the next ``put``, ``flush`` or ``close``.
+When the queue is full (``max_queue`` items or ``max_queue_bytes`` bytes of
+host copies), :meth:`BackgroundWriter.put` blocks: memory stays bounded and the
+training loop slows down to the disk's pace instead of growing without limit.
+An error in the writer thread is raised again on the training thread at the
+next ``put``, ``flush`` or ``close``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "HostTensor",
     "PendingRecord",
     "PendingSnapshot",
+    "item_nbytes",
     "metrics_from_spectra",
     "to_host",
 ]
@@ -168,6 +170,26 @@ class PendingSnapshot:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def item_nbytes(item: Any) -> int:
+    """Bytes of host copies a queued item holds (activations, kept state, snapshot).
+
+    Examples
+    --------
+    >>> import torch
+    >>> item_nbytes(PendingSnapshot(0, {"weights": {"w": to_host(torch.zeros(4))}}))
+    16
+    """
+    if isinstance(item, PendingSnapshot):
+        return sum(
+            int(getattr(v, "nbytes", 0)) for group in item.tensors.values() for v in group.values()
+        )
+    if isinstance(item, PendingRecord):
+        n = sum(h.nbytes for h in item.activations or ())
+        state = getattr(item.snapshot, "state", None) or {}
+        return n + sum(int(getattr(v, "nbytes", 0)) for v in state.values())
+    return 0
+
+
 def _scalar(value: HostTensor | float | None) -> float:
     if value is None:
         return float("nan")
@@ -198,6 +220,10 @@ class BackgroundWriter:
         most this many bytes of activations).
     max_queue
         Items the queue holds before :meth:`put` blocks.
+    max_queue_bytes
+        Bytes of host copies the queued items may hold: :meth:`put` blocks while a
+        new item would exceed it (an item larger than the bound waits for an empty
+        queue and is then admitted alone).
     on_record
         Called in the writer thread with each record's step, ``{layer: metrics row}``
         and the record's ``snapshot`` as it was put, e.g. by the jump trigger.
@@ -218,6 +244,7 @@ class BackgroundWriter:
         metric_batch: int = 8,
         metric_batch_bytes: int = 32 * 2**20,
         max_queue: int = 8,
+        max_queue_bytes: int = 512 * 2**20,
         on_record: Callable[[int, dict[str, np.ndarray], Any], None] | None = None,
         on_snapshot: Callable[[int], None] | None = None,
     ) -> None:
@@ -231,6 +258,12 @@ class BackgroundWriter:
         self.on_record = on_record
         self.on_snapshot = on_snapshot
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, int(max_queue)))
+        self.max_queue_bytes = int(max_queue_bytes)
+        self.queued_bytes = 0
+        """Bytes of host copies held by queued items now."""
+        self.peak_queued_bytes = 0
+        """Most bytes the queue held at once."""
+        self._bytes_free = threading.Condition()
         self.metric_batch = max(1, int(metric_batch))
         self.metric_batch_bytes = int(metric_batch_bytes)
         self._pending: list[PendingRecord] = []
@@ -252,7 +285,16 @@ class BackgroundWriter:
             raise NdtStoreError(f"recording to {self.experiment!r} failed: {err}") from err
 
     def put(self, item: PendingRecord | PendingSnapshot) -> None:
-        """Queue an item (blocks while the queue is full)."""
+        """Queue an item (blocks while the queue is full, in items or in bytes)."""
+        n = item_nbytes(item)
+        with self._bytes_free:
+            while self.queued_bytes and self.queued_bytes + n > self.max_queue_bytes:
+                self._check()
+                if not self._thread.is_alive():
+                    raise NdtStoreError(f"the writer thread of {self.experiment!r} is not running")
+                self._bytes_free.wait(0.5)
+            self.queued_bytes += n
+            self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
         while True:
             self._check()
             if not self._thread.is_alive():
@@ -303,12 +345,20 @@ class BackgroundWriter:
                     payload.set()
                     continue
                 return
-            if self._error is not None:
-                continue  # drain without writing after a failure
-            if isinstance(item, PendingRecord):
-                self._safe(self._take_record, item)
-            else:
-                self._safe(self.write_snapshot_now, item.step, item.tensors, item.info)
+            try:
+                if self._error is not None:
+                    continue  # drain without writing after a failure
+                if isinstance(item, PendingRecord):
+                    self._safe(self._take_record, item)
+                else:
+                    self._safe(self.write_snapshot_now, item.step, item.tensors, item.info)
+            finally:
+                self._release(item)
+
+    def _release(self, item: Any) -> None:
+        with self._bytes_free:
+            self.queued_bytes -= item_nbytes(item)
+            self._bytes_free.notify_all()
 
     def _safe(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._error is not None:
