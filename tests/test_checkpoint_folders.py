@@ -1,4 +1,4 @@
-"""`ingest checkpoints` on the folder layouts researchers have: Trainer output, step folders, shards."""
+"""`ingest checkpoints` on the folder layouts researchers have (Trainer output, steps, shards)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class _Tokens(torch.utils.data.Dataset):
 
 @pytest.fixture(scope="module")
 def trainer_output(tmp_path_factory) -> tuple[Path, list[dict]]:
-    """A real Trainer output folder: checkpoint-2/, checkpoint-4/ and the final model at the root."""
+    """A real Trainer output: checkpoint-2/, checkpoint-4/ and the final model at the root."""
     out = tmp_path_factory.mktemp("hf") / "out"
     args = transformers.TrainingArguments(
         output_dir=str(out),
