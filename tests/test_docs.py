@@ -17,6 +17,7 @@ RUNNABLE = [
     "dynamics.md",
     "guarantees.md",
     "capture.md",
+    "integrations.md",
     "quickstart.md",
 ]
 
