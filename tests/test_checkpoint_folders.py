@@ -168,3 +168,39 @@ def test_missing_shard_is_refused(tmp_path):
     next(folder.glob("model-*.safetensors")).unlink()
     with pytest.raises(InputError, match=r"model\.safetensors\.index\.json: shard .* is missing"):
         scan_checkpoints(tmp_path)
+
+
+class _Payload:
+    """Unpickling this would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("where", ["checkpoint-7/pytorch_model.bin", "step_7/weights.pt"])
+def test_unsafe_pickles_in_folders_stay_refused(tmp_path, where, monkeypatch):
+    from ndt_store.errors import UnsafeCheckpointError
+    from ndt_store.testing import tree_snapshot
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    root, marker = tmp_path / "runs", tmp_path / "PWNED"
+    (root / "checkpoint-3").mkdir(parents=True)
+    torch.save({"w": torch.ones(2)}, root / "checkpoint-3" / "pytorch_model.bin")
+    torch.save({"w": torch.ones(2)}, root / "checkpoint-3" / "training_args.bin")
+    torch.save({"x": _Payload(marker)}, root / "checkpoint-3" / "optimizer.pt")  # never opened
+    (root / where).parent.mkdir(parents=True)
+    torch.save({"w": torch.ones(2), "p": _Payload(marker)}, root / where)
+    store = ndt_store.open_store(tmp_path / "s.zarr")
+    before = tree_snapshot(store.location)
+    with pytest.raises(UnsafeCheckpointError, match=where.split("/")[-1]):
+        ingest_checkpoints(store, root, experiment="r")
+    with pytest.raises(UnsafeCheckpointError):
+        scan_checkpoints(root)  # the dry run refuses too
+    assert not marker.exists()
+    assert tree_snapshot(store.location) == before
+    (root / where).unlink()
+    assert sorted(ingest_checkpoints(store, root, experiment="r")) == [3]
+    assert not marker.exists()
