@@ -143,7 +143,7 @@ def test_failure_while_writing_removes_the_new_experiment(store, tmp_path, monke
 
 
 def _zip_bomb(path: Path, inflated: int) -> None:
-    """A .pt whose one tensor record is stored deflated: tiny on disk, ``inflated`` bytes once read."""
+    """A .pt whose tensor record is stored deflated: tiny on disk, ``inflated`` bytes read."""
     torch.save({"w": torch.zeros(4)}, path)
     with zipfile.ZipFile(path) as src:
         entries = [(info, src.read(info)) for info in src.infolist()]
