@@ -18,6 +18,7 @@ RUNNABLE = [
     "guarantees.md",
     "capture.md",
     "recording-real-models.md",
+    "integrations.md",
     "quickstart.md",
     "measurements.md",
 ]

@@ -48,14 +48,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = isub.add_parser(
         "checkpoints",
-        help="import model checkpoints (.pt, .safetensors) as weight snapshots",
+        help="import model checkpoints (.pt, .safetensors, Trainer folders) as weight snapshots",
         description="Store PyTorch .pt/.pth checkpoints (opened with weights_only=True only) "
-        "and safetensors files as weight snapshots of an experiment, one per training step.",
+        "and safetensors files as weight snapshots of an experiment, one per training step. "
+        "Folders are searched recursively: checkpoint-N/ (Trainer), step_N/ and stepN/, "
+        "sharded safetensors; trainer_state.json's log history becomes Phase 1 loss / "
+        "grad-norm records and config.json run metadata.",
     )
-    p.add_argument("source", metavar="DIR", help="checkpoint file or a directory of them")
+    p.add_argument("source", metavar="DIR", help="checkpoint file or a folder tree of them")
     add_store(p)
     p.add_argument("--experiment", "-e", required=True, help="experiment (created if absent)")
     p.add_argument("--overwrite", action="store_true", help="replace weights stored at a step")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the steps, tensors and bytes that would be imported; write nothing",
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        metavar="N",
+        help="refuse a checkpoint declaring more tensor bytes than N (default: half the RAM)",
+    )
+    p.add_argument(
+        "--no-history", action="store_true", help="do not import trainer_state.json's loss history"
+    )
     p.set_defaults(func=_ingest_checkpoints)
 
     p = sub.add_parser("ls", help="list experiments (arch, dataset, steps, layers)")
@@ -116,8 +133,11 @@ def _ingest_phase1(args: argparse.Namespace) -> int:
 
 def _ingest_checkpoints(args: argparse.Namespace) -> int:
     import ndt_store
-    from ndt_store.ingest.checkpoints import ingest_checkpoints
+    from ndt_store.ingest.checkpoints import ingest_checkpoints, scan_checkpoints
 
+    if args.dry_run:
+        print(scan_checkpoints(args.source, max_bytes=args.max_bytes).describe())
+        return 0
     store = ndt_store.open_store(args.store, mode="a")
     result = ingest_checkpoints(
         store,
@@ -125,6 +145,8 @@ def _ingest_checkpoints(args: argparse.Namespace) -> int:
         experiment=args.experiment,
         overwrite=args.overwrite,
         progress=sys.stderr.isatty(),
+        max_bytes=args.max_bytes,
+        history=not args.no_history,
     )
     for step, status in result.items():
         print(f"{status:9s} {args.experiment} step {step}")
