@@ -46,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "quickstart": "ndt_store.cli._quickstart_cmd",
     "synth": "ndt_store.cli._synth_cmd",
     "verify": "ndt_store.cli._verify_cmd",
+    "estimate": "ndt_store.cli._estimate_cmd",
 }
 """Command name -> the module that registers it (a command not listed is found in
 ``COMMAND_MODULES`` by building the full parser)."""
