@@ -540,9 +540,18 @@ def _summary_section(results: dict[str, Any]) -> ReportSection:
     return ReportSection("Summary", "summary", lines)
 
 
+_QUANTITY = {
+    "phase1": "Phase 1 records",
+    WEIGHTS: "weight snapshots",
+    ACTIVATIONS: "activation snapshots",
+    ATTENTION: "attention snapshots",
+}
+
+
 def _steps_used(c: dict[str, Any]) -> list[str]:
     parts = []
-    for kind, u in c.get("steps_used", {}).items():
+    for key, u in c.get("steps_used", {}).items():
+        kind = _QUANTITY.get(key, key)
         if u["before"] is None:
             near = u.get("nearest")
             where = f" (nearest: {near[0]} and {near[1]})" if near else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ndt_store.cli._common import add_store
+from ndt_store.cli._common import add_store, heartbeat
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _verify(args: argparse.Namespace) -> int:
     import ndt_store
 
-    report = ndt_store.verify_store(ndt_store.open_store(args.store, mode="r"), strict=args.strict)
+    with heartbeat("verify") as say:
+        say(f"reading every committed unit of {args.store}")
+        report = ndt_store.verify_store(
+            ndt_store.open_store(args.store, mode="r"), strict=args.strict
+        )
     print(report.format())
     return 0 if report.ok else 1
