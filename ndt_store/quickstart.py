@@ -294,6 +294,7 @@ def _split_report(markdown: str) -> tuple[list[str], str, str]:
     head, _, rest = markdown.partition("<!-- summary -->")
     summary, _, details = rest.partition("<!-- /summary -->")
     first = [line for line in head.splitlines()[1:] if line.strip()]
+    first = [x for line in first for x in (line, "")]  # a blank line after each
     body = re.sub(r"^<a id=\"[^\"]+\"></a>\s*## Summary\s*", "", summary.strip())
     return first, body, details
 
@@ -319,7 +320,7 @@ def _combined_report(report: Path, runs: dict[str, dict[str, Path]]) -> dict[str
         md = files["comparison_report.md"].read_text(encoding="utf-8")
         md = _prefix_links(_prefix_anchors(md, name), name)
         first, summary, rest = _split_report(md)
-        parts += [f"### {name}", "", *first, "", summary, ""]
+        parts += [f"### {name}", "", *first, summary, ""]
         rest = re.sub(r"^(#+) ", r"##\1 ", rest.strip(), flags=re.MULTILINE)  # nest headings
         details += [f'<a id="{name}"></a>', "", f"### {name}", "", rest, ""]
     parts += details

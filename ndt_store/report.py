@@ -186,14 +186,25 @@ def _summary_changes(comparisons: Sequence[dict[str, Any]]) -> dict[str, list[di
                 if h.get("change") is not None:
                     entropy.append({"layer": name, "head": head, **h, **where})
 
-    def top(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], float]) -> list:
-        return sorted(rows, key=key)[:TOP_SUMMARY]
+    def top(
+        rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], float], *by: str
+    ) -> list[dict[str, Any]]:
+        """The ``TOP_SUMMARY`` best rows, one per ``by`` label (its best pair)."""
+        out, seen = [], set()
+        for row in sorted(rows, key=key):
+            label = tuple(row[b] for b in by)
+            if label not in seen:
+                seen.add(label)
+                out.append(row)
+        return out[:TOP_SUMMARY]
 
     return {
-        "weights_absolute": top(weights, lambda r: -(r.get("l2_norm") or 0.0)),
-        "weights_relative": top(weights, lambda r: -(r.get("relative_change") or 0.0)),
-        "activation_cka": top(cka, lambda r: r["linear_cka"]),
-        "attention_entropy": top(entropy, lambda r: -abs(r["change"])),
+        "weights_absolute": top(weights, lambda r: -(r.get("l2_norm") or 0.0), "parameter"),
+        "weights_relative": top(
+            weights, lambda r: -(r.get("relative_change") or 0.0), "parameter"
+        ),
+        "activation_cka": top(cka, lambda r: r["linear_cka"], "layer"),
+        "attention_entropy": top(entropy, lambda r: -abs(r["change"]), "layer", "head"),
     }
 
 
@@ -349,10 +360,13 @@ def _notice(results: dict[str, Any]) -> str | None:
         if n == 0:
             return f"No significant jump: {results['metric']} has no z-score jump in this run."
         p = counts.get("smallest_p_value")
+        jumps = f"the {n} z-score jumps of {results['metric']} all have" if n > 1 else (
+            f"the one z-score jump of {results['metric']} has"
+        )
         return (
-            f"No significant jump: the {n} z-score jumps of {results['metric']} all have a "
-            f"family-wise p-value above α = {results['alpha']:g} (smallest {_fmt(p)}) or a "
-            "change within the layer's noise floor, so none is shown as critical"
+            f"No significant jump: {jumps} a family-wise p-value above "
+            f"α = {results['alpha']:g} (smallest {_fmt(p)}) or a change within the layer's "
+            "noise floor, so none is shown as critical"
             + (" (non-significant ones are listed, labelled)." if results["events"] else ".")
         )
     return None

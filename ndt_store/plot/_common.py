@@ -227,14 +227,28 @@ LABEL_CHARS = 28
 """Longest tick label drawn; longer names are shortened (see :func:`shorten_labels`)."""
 
 
+def _abbreviations(words: Sequence[str]) -> dict[str, str]:
+    """Shortest unique prefix (at least one letter) of each word."""
+    out: dict[str, str] = {}
+    unique = sorted(set(words))
+    for w in unique:
+        for n in range(1, len(w) + 1):
+            if sum(o.startswith(w[:n]) for o in unique) == 1 or n == len(w):
+                out[w] = w[:n]
+                break
+    return out
+
+
 def shorten_labels(names: Sequence[str], *, max_chars: int = LABEL_CHARS) -> tuple[list[str], str]:
     """Short, unique tick labels for long names, and the key that explains them.
 
     Names that all fit in ``max_chars`` are kept. Otherwise the dotted prefix
-    every name shares is dropped (``transformer.layers.0.x`` and
-    ``transformer.layers.1.y`` become ``0.x`` and ``1.y``), then names still
-    longer than ``max_chars`` keep their start and end around ``…``. The key
-    says what was dropped (empty when nothing was).
+    every name shares is dropped, then in names still too long every dotted
+    part but the last two is abbreviated (numbers are kept, so layer indices
+    stay readable: ``layers.10.self_attn.in_proj_weight`` becomes
+    ``l.10.self_attn.in_proj_weight``), and a name still too long keeps its
+    start and end around ``…``. The key says what was dropped and what each
+    abbreviation stands for (empty when nothing was shortened).
 
     Examples
     --------
@@ -250,18 +264,30 @@ def shorten_labels(names: Sequence[str], *, max_chars: int = LABEL_CHARS) -> tup
         while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
             common += 1
     prefix = ".".join(parts[0][:common]) + "." if common else ""
-    short = [".".join(p[common:]) for p in parts]
+    parts = [p[common:] for p in parts]
+    long_words = [w for p in parts if len(".".join(p)) > max_chars for w in p[:-1]]
+    abbrev = _abbreviations([w for w in long_words if not w.isdigit()])
+    used: dict[str, str] = {}
     out = []
-    for s in short:
+    for p in parts:
+        s = ".".join(p)
+        for tail in (2, 1):  # abbreviate all but the last two parts, then all but the last
+            if len(s) <= max_chars or len(p) <= tail:
+                continue
+            head = [w if w.isdigit() else abbrev[w] for w in p[:-tail]]
+            used.update({abbrev[w]: w for w in p[:-tail] if not w.isdigit() and abbrev[w] != w})
+            s = ".".join([*head, *p[-tail:]])
         if len(s) > max_chars:
-            head = (max_chars - 1) // 2
-            s = s[:head] + "…" + s[-(max_chars - 1 - head) :]
+            keep = (max_chars - 1) // 2
+            s = s[:keep] + "…" + s[-(max_chars - 1 - keep) :]
         out.append(s)
     if len(set(out)) < len(out):  # shortening merged names: number them
         out = [f"{s} #{k}" for k, s in enumerate(out)]
     key = []
     if prefix:
         key.append(f"names without the common prefix {prefix!r}")
+    if used:
+        key.append(", ".join(f"{a} = {w}" for a, w in sorted(used.items())))
     if any("…" in s for s in out):
         key.append("… marks a shortened name")
     return out, "; ".join(key)

@@ -255,20 +255,24 @@ def metric_heatmap(
         tested = isinstance(jumps, pd.DataFrame) and "significant" in jumps.columns
         if tested:
             sig = jumps["significant"].astype(bool).to_numpy()
-            groups = [
-                (jumps[~sig], "+", "lightgrey", 22, "not significant"),
-                (jumps[sig], "x", "red", 34, "significant jump"),
+            groups = [  # hollow magenta circles vs filled red crosses: shape and colour differ
+                (jumps[~sig], "o", "none", "magenta", 30, "not significant"),
+                (jumps[sig], "X", "red", "white", 60, "significant jump"),
             ]
         else:
-            groups = [(jumps, "x", "red", 28, "jump")]
-        for table, marker, colour, size, label in groups:
+            groups = [(jumps, "X", "red", "white", 50, "jump")]
+        for table, marker, face, edge, size, label in groups:
             pts = _jump_points(table, da, steps, layers)
             if pts:
                 xs, ys = zip(*pts, strict=True)
-                ax.scatter(xs, ys, marker=marker, s=size, color=colour, linewidths=1.2, zorder=3)
+                ax.scatter(
+                    xs, ys, marker=marker, s=size, facecolors=face, edgecolors=edge,
+                    linewidths=1.2, zorder=3,
+                )  # fmt: skip
             handles.append(
                 Line2D(
-                    [], [], marker=marker, color=colour, linestyle="none",
+                    [], [], marker=marker, markerfacecolor=face, markeredgecolor=edge,
+                    color=edge if face == "none" else face, linestyle="none",
                     label=f"{label} ({len(pts)})",
                 )  # fmt: skip
             )
