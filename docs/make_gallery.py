@@ -31,7 +31,7 @@ from ndt_store.legacy.visualization import VisualizationTools
 from ndt_store.measures.activations import activation_selectivity
 from ndt_store.measures.attention import attention_entropy
 from ndt_store.measures.dynamics import critical_periods
-from ndt_store.measures.weights import weight_change
+from ndt_store.measures.weights import consecutive_weight_change, weight_change
 from ndt_store.moments import jump_moments, store_jumps
 from ndt_store.synth import synth_store
 
@@ -125,21 +125,18 @@ def fig_weight_change_bars(ctx: Context, path: Path) -> Figure:
 
 
 def fig_weight_change_heatmap(ctx: Context, path: Path) -> Figure:
-    store = ctx.synth  # GPT-style parameter names, one snapshot per step
-    w = store.weights("synth_transformer_0002")  # {name: (step, ...)}
-    change = {
-        name: weight_change(a.isel({STEP: slice(None, -1)}),
-                            a.isel({STEP: slice(1, None)}).assign_coords(
-                                {STEP: a[STEP].values[:-1]}),
-                            dims=[d for d in a.dims if d != STEP]).relative_change
-        for name, a in w.items()
-    }  # fmt: skip
-    rel = xr.concat(list(change.values()), dim=PARAMETER).assign_coords({PARAMETER: list(change)})
-    steps = rel[STEP].values
-    rel = rel.assign_coords({STEP: [f"{a}→{b}" for a, b in zip(steps, [*steps[1:], "end"])]})
-    return plot.weight_change_heatmap(
-        rel.rename({STEP: "interval"}).rename("relative weight change"), path=path
+    weights = ctx.synth.weights("synth_transformer_0002")  # {name: (step, ...)}
+    rows = {name: consecutive_weight_change(w).relative_change for name, w in weights.items()}
+    first = next(iter(rows.values()))
+    pairs = zip(first["step_before"].values, first[STEP].values, strict=True)
+    intervals = [f"{a}→{b}" for a, b in pairs]
+    rel = xr.DataArray(
+        np.stack([r.values for r in rows.values()]),
+        dims=(PARAMETER, "interval"),
+        coords={PARAMETER: list(rows), "interval": intervals},
+        name="relative weight change",
     )
+    return plot.weight_change_heatmap(rel, path=path)
 
 
 # --- attention and activations (synthetic store) --------------------------------------

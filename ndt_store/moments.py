@@ -194,7 +194,8 @@ def flag_significance(rows: pd.DataFrame, alpha: float) -> pd.DataFrame:
 
     Examples
     --------
-    >>> t = pd.DataFrame({"p_value": [0.01, 0.2], "magnitude": [1.0, 1.0], "noise_floor": [0.1, 0.1]})
+    >>> t = pd.DataFrame({"p_value": [0.01, 0.2], "magnitude": [1.0, 1.0],
+    ...                   "noise_floor": [0.1, 0.1]})
     >>> flag_significance(t, 0.05)["significant"].tolist()
     [True, False]
     """
@@ -217,7 +218,9 @@ def flag_significance(rows: pd.DataFrame, alpha: float) -> pd.DataFrame:
     return rows
 
 
-def _mark_degenerate(rows: pd.DataFrame, store: Store, experiment: str, metric: str) -> pd.DataFrame:
+def _mark_degenerate(
+    rows: pd.DataFrame, store: Store, experiment: str, metric: str
+) -> pd.DataFrame:
     """Jumps in layers where ``metric`` does not move are not significant (``degenerate``)."""
     var = metric_variation(store.phase1(experiment)[metric])
     flat = {str(k) for k, v in zip(var[LAYER].values, var.degenerate.values, strict=True) if v}

@@ -200,9 +200,7 @@ def _summary_changes(comparisons: Sequence[dict[str, Any]]) -> dict[str, list[di
 
     return {
         "weights_absolute": top(weights, lambda r: -(r.get("l2_norm") or 0.0), "parameter"),
-        "weights_relative": top(
-            weights, lambda r: -(r.get("relative_change") or 0.0), "parameter"
-        ),
+        "weights_relative": top(weights, lambda r: -(r.get("relative_change") or 0.0), "parameter"),
         "activation_cka": top(cka, lambda r: r["linear_cka"], "layer"),
         "attention_entropy": top(entropy, lambda r: -abs(r["change"]), "layer", "head"),
     }
@@ -286,13 +284,15 @@ def build_report(
         if alpha is not None and not degenerate:
             table = flag_significance(store_jumps(store, [experiment], metric=metric), alpha)
             var = metric_variation(ds[metric])
-            flat = {str(k) for k, v in zip(var["layer"].values, var.degenerate.values, strict=True) if v}
+            flat = {
+                str(k) for k, v in zip(var["layer"].values, var.degenerate.values, strict=True) if v
+            }
             table["degenerate"] = table["layer"].astype(str).isin(flat).to_numpy()
             table["significant"] = table["significant"] & ~table["degenerate"]
             sig = table[table["significant"]]
             results["jump_counts"] = {
-                "z_score_jumps": int(len(table)),
-                "significant": int(len(sig)),
+                "z_score_jumps": len(table),
+                "significant": len(sig),
                 "significant_records": int(sig["index"].nunique()),
                 "smallest_p_value": float(table["p_value"].min()) if len(table) else None,
                 "degenerate_layers": sorted(flat),
@@ -360,8 +360,10 @@ def _notice(results: dict[str, Any]) -> str | None:
         if n == 0:
             return f"No significant jump: {results['metric']} has no z-score jump in this run."
         p = counts.get("smallest_p_value")
-        jumps = f"the {n} z-score jumps of {results['metric']} all have" if n > 1 else (
-            f"the one z-score jump of {results['metric']} has"
+        jumps = (
+            f"the {n} z-score jumps of {results['metric']} all have"
+            if n > 1
+            else (f"the one z-score jump of {results['metric']} has")
         )
         return (
             f"No significant jump: {jumps} a family-wise p-value above "
@@ -496,7 +498,11 @@ def _run_line(results: dict[str, Any]) -> str:
     alpha = results["alpha"]
     test = (
         f"jumps significant at family-wise α = {alpha:g}"
-        + (" (non-significant ones included, labelled)" if results["include_nonsignificant"] else "")
+        + (
+            " (non-significant ones included, labelled)"
+            if results["include_nonsignificant"]
+            else ""
+        )
         if alpha is not None
         else "jumps: every z-score jump, untested (the study's selection)"
     )
@@ -730,6 +736,7 @@ def report_markdown(results: dict[str, Any]) -> str:
             lines.append("<!-- /summary -->")
             lines.append("")
     return "\n".join(lines)
+
 
 _IMG = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
 _ANCHOR = re.compile(r'<a id="([^"]+)"></a>')

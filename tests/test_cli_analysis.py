@@ -205,7 +205,7 @@ def test_quickstart_out_pointing_at_a_file_is_one_line(capsys, tmp_path):
     pytest.importorskip("torch")
     target = tmp_path / "notes.txt"
     target.write_text("keep me")
-    rc, out, err = run(capsys, "quickstart", "--out", str(target), "--steps", "10")
+    rc, _, err = run(capsys, "quickstart", "--out", str(target), "--steps", "10")
     assert rc == 1 and "is a file" in err and err.count("\n") == 1
     assert target.read_text() == "keep me"
 

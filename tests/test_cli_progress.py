@@ -47,7 +47,18 @@ def test_terminal_gets_one_rewritten_line():
 def test_synth_piped_writes_no_carriage_returns(tmp_path: Path, capsys, monkeypatch):
     """synth used to write thousands of tqdm updates into logs."""
     monkeypatch.setattr("ndt_store.cli._common.HEARTBEAT_DELAY", 0.0)
-    rc = main(["synth", "--store", str(tmp_path / "s.zarr"), "--experiments", "2",
-               "--steps", "3", "--records", "20"])  # fmt: skip
+    rc = main(
+        [
+            "synth",
+            "--store",
+            str(tmp_path / "s.zarr"),
+            "--experiments",
+            "2",
+            "--steps",
+            "3",
+            "--records",
+            "20",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0 and "\r" not in err and "synth: writing 2 experiments" in err

@@ -168,9 +168,13 @@ def test_jump_table_reproduces_published(real, published_jumps, backend):
 def test_phase_is_training_progress_and_published_phase_kept(real, published_jumps):
     """Default phase = train_step / num_steps; the published index formula under index_phase."""
     got = jump_table(real, n_surrogates=0)
-    compare_tables(got.rename(columns={"phase": "train_phase", "phase_category": "tpc"}).rename(
-        columns={"index_phase": "phase", "index_phase_category": "phase_category"}
-    ), published_jumps, ["phase", "phase_category"])
+    compare_tables(
+        got.rename(columns={"phase": "train_phase", "phase_category": "tpc"}).rename(
+            columns={"index_phase": "phase", "index_phase_category": "phase_category"}
+        ),
+        published_jumps,
+        ["phase", "phase_category"],
+    )
     np.testing.assert_allclose(got["phase"], got["train_step"] / 2000)
     # the published formula calls a jump at 90% of training "early" (index 360 of 400)
     late = got[got["train_step"] >= 0.67 * 2000]

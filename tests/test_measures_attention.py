@@ -236,7 +236,7 @@ def test_unnormalised_rows_are_refused_with_a_hint():
     assert (e >= 0).all() and (e <= np.log(8) + 1e-9).all()
     neg = np.full((2, 4), 0.25)
     neg[0] = [0.5, 0.75, -0.25, 0.0]
-    with pytest.raises(Err, match="a value is -0.25"):
+    with pytest.raises(Err, match=r"a value is -0\.25"):
         attention_entropy(neg)
 
 

@@ -232,13 +232,17 @@ def test_degenerate_metric_warns_and_gives_no_moments(real_store):
 
 
 def test_metric_participation_ratio_gives_significant_moments(real_store):
-    got = identify_moments(real_store, "mlp_narrow_mnist", num_jumps=3, metric="participation_ratio")
+    got = identify_moments(
+        real_store, "mlp_narrow_mnist", num_jumps=3, metric="participation_ratio"
+    )
     during = [m for m in got if m.moment_type == "during_jump"]
     assert during, "participation ratio moves: some jump is significant"
     assert all(m.jump_info["significant"] and m.jump_info["p_value"] <= 0.05 for m in during)
     table = store_jumps(real_store, ["mlp_narrow_mnist"], metric="participation_ratio")
     row = table[(table["index"] == during[0].index) & (table.layer == during[0].jump_info["layer"])]
-    assert len(row) == 1 and row.magnitude.iloc[0] == pytest.approx(during[0].jump_info["magnitude"])
+    assert len(row) == 1 and row.magnitude.iloc[0] == pytest.approx(
+        during[0].jump_info["magnitude"]
+    )
     with pytest.raises(InputError, match="no metric 'nope'"):
         identify_moments(real_store, "mlp_narrow_mnist", metric="nope")
 

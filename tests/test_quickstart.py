@@ -71,7 +71,7 @@ def test_quickstart_cli_reduced_steps(
     summaries = md.split("## Details")[0]
     assert len(summaries.splitlines()) < 80
     for name in MODELS:
-        assert f"### {name}" in summaries and f"metric `stable_rank`" in summaries
+        assert f"### {name}" in summaries and "metric `stable_rank`" in summaries
     # no non-significant moment presented as critical; when none is significant, it says so
     for name in MODELS:
         run = results["experiments"][name]

@@ -12,9 +12,9 @@ import pytest
 
 import ndt_store
 from ndt_store.compare import compare_representations
-from ndt_store.moments import identify_moments
 from ndt_store.errors import InputError
 from ndt_store.measures.dynamics import DegenerateMetricWarning
+from ndt_store.moments import identify_moments
 from ndt_store.report import build_report, jsonable, write_report
 from ndt_store.testing import write_phase1_json
 
@@ -167,7 +167,10 @@ def test_each_record_pair_once_and_steps_used(rich_store, tmp_path):
     assert len(moments) == len(set(moments))
     snap = results["snapshot_comparisons"][0]
     assert snap["steps_used"]["phase1"] == {
-        "before": 100, "after": 150, "distance_before": 0, "distance_after": 0,
+        "before": 100,
+        "after": 150,
+        "distance_before": 0,
+        "distance_after": 0,
     }
     moment_pair = results["comparisons"][0]
     assert moment_pair["steps_used"]["weights"]["before"] is None  # no snapshot at 95/145

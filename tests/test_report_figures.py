@@ -1,8 +1,10 @@
-"""Every figure the report writes reads at realistic sizes (GPT-2-like: 50 parameters, 20 snapshots)."""
+"""Every figure the report writes reads at realistic sizes (GPT-2-like).
+
+50 parameters, 20 snapshots, 12 heads, 12 layers.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +22,16 @@ PARAMETERS = [
     f"transformer.h.{block}.{part}"
     for block in range(6)
     for part in (
-        "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-        "attn.c_proj.weight", "attn.c_proj.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+        "ln_1.weight",
+        "ln_1.bias",
+        "attn.c_attn.weight",
+        "attn.c_attn.bias",
+        "attn.c_proj.weight",
+        "attn.c_proj.bias",
+        "mlp.c_fc.weight",
+        "mlp.c_fc.bias",
     )
-] + ["transformer.wte.weight", "transformer.wpe.weight"]  # fmt: skip
+] + ["transformer.wte.weight", "transformer.wpe.weight"]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +40,11 @@ def big_store(tmp_path_factory: pytest.TempPathFactory) -> ndt_store.Store:
     store = ndt_store.open_store(tmp / "s.zarr")
     layers = [f"transformer.h.{i}.mlp.c_fc" for i in range(12)]
     path = write_phase1_json(
-        tmp / "gpt.json", n_records=200, layers=layers,
+        tmp / "gpt.json",
+        n_records=200,
+        layers=layers,
         jumps=[(layers[3], 60, 4.0), (layers[7], 120, -3.0)],
-    )  # fmt: skip
+    )
     ndt_store.ingest_phase1(store, path)
     rng = np.random.default_rng(0)
     weights = {name: rng.normal(size=(8, 8)) for name in PARAMETERS}
@@ -43,9 +53,13 @@ def big_store(tmp_path_factory: pytest.TempPathFactory) -> ndt_store.Store:
         weights = {n: w + 0.1 * rng.normal(size=w.shape) for n, w in weights.items()}
         logits = rng.normal(size=(4, 12, 6, 6))
         store.write_snapshot(
-            "gpt", step, weights=weights,
-            attention={"transformer.h.0.attn": np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)},
-        )  # fmt: skip
+            "gpt",
+            step,
+            weights=weights,
+            attention={
+                "transformer.h.0.attn": np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+            },
+        )
     return store
 
 
@@ -112,8 +126,11 @@ def test_long_names_shortened_with_a_key():
 
 @pytest.mark.parametrize("n_heads", [4, 12, 25])
 def test_entropy_lines_distinct_and_legend_outside(n_heads):
-    e = xr.DataArray(np.random.default_rng(0).random((20, n_heads)), dims=("step", "head"),
-                     coords={"step": np.arange(20) * 50})  # fmt: skip
+    e = xr.DataArray(
+        np.random.default_rng(0).random((20, n_heads)),
+        dims=("step", "head"),
+        coords={"step": np.arange(20) * 50},
+    )
     fig = entropy_evolution(e, jump_steps=[100, 500])
     assert readability_problems(fig) == []
 
@@ -121,28 +138,49 @@ def test_entropy_lines_distinct_and_legend_outside(n_heads):
 def test_heatmap_and_loss_readable_with_many_layers_and_moments():
     rng = np.random.default_rng(1)
     layers = [f"model.encoder.layers.{i}.self_attention.output.dense" for i in range(40)]
-    da = xr.DataArray(rng.random((300, 40)), dims=("step", "layer"),
-                      coords={"step": np.arange(300) * 5, "layer": layers}, name="participation_ratio")  # fmt: skip
+    da = xr.DataArray(
+        rng.random((300, 40)),
+        dims=("step", "layer"),
+        coords={"step": np.arange(300) * 5, "layer": layers},
+        name="participation_ratio",
+    )
     import pandas as pd
 
-    jumps = pd.DataFrame({"layer": layers[:10], "train_step": np.arange(10) * 100.0,
-                          "significant": [True, False] * 5})  # fmt: skip
+    jumps = pd.DataFrame(
+        {
+            "layer": layers[:10],
+            "train_step": np.arange(10) * 100.0,
+            "significant": [True, False] * 5,
+        }
+    )
     assert readability_problems(metric_heatmap(da, "participation_ratio", jumps=jumps)) == []
     loss = xr.DataArray(rng.random(300), dims="step", coords={"step": np.arange(300) * 5})
-    moments = [{"step": s, "moment_type": t} for s in (100, 200)
-               for t in ("before_jump", "during_jump", "after_jump")]  # fmt: skip
+    moments = [
+        {"step": s, "moment_type": t}
+        for s in (100, 200)
+        for t in ("before_jump", "during_jump", "after_jump")
+    ]
     assert readability_problems(loss_curve(loss, moments=moments)) == []
-    wide = xr.DataArray(rng.random((120, 25)), dims=("parameter", "interval"),
-                        coords={"parameter": [f"{n}.{i}" for i, n in enumerate(PARAMETERS * 3)][:120]})  # fmt: skip
+    wide = xr.DataArray(
+        rng.random((120, 25)),
+        dims=("parameter", "interval"),
+        coords={"parameter": [f"{n}.{i}" for i, n in enumerate(PARAMETERS * 3)][:120]},
+    )
     assert readability_problems(weight_change_heatmap(wide)) == []
 
 
 def test_significant_and_not_marked_apart():
     import pandas as pd
 
-    da = xr.DataArray(np.zeros((10, 2)), dims=("step", "layer"),
-                      coords={"step": np.arange(10), "layer": ["a", "b"]}, name="m")  # fmt: skip
-    jumps = pd.DataFrame({"layer": ["a", "b"], "train_step": [2.0, 5.0], "significant": [True, False]})
+    da = xr.DataArray(
+        np.zeros((10, 2)),
+        dims=("step", "layer"),
+        coords={"step": np.arange(10), "layer": ["a", "b"]},
+        name="m",
+    )
+    jumps = pd.DataFrame(
+        {"layer": ["a", "b"], "train_step": [2.0, 5.0], "significant": [True, False]}
+    )
     fig = metric_heatmap(da, "m", jumps=jumps)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["not significant (1)", "significant jump (1)"]

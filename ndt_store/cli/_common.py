@@ -71,7 +71,7 @@ def is_terminal(stream: Any = None) -> bool:
         return False
 
 
-class heartbeat:  # noqa: N801 - used as a context manager, like open()
+class heartbeat:
     """Progress of a command that can take more than a few seconds.
 
     Nothing is shown for the first :data:`HEARTBEAT_DELAY` seconds. Then, on a
@@ -160,7 +160,7 @@ class heartbeat:  # noqa: N801 - used as a context manager, like open()
                 self.stream.flush()
 
 
-class removed_if_failed:  # noqa: N801 - a context manager
+class removed_if_failed:
     """Remove a local store this command created if the command then fails.
 
     A command such as ``ingest phase1 README.md --store new.zarr`` must not

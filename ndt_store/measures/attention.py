@@ -65,6 +65,7 @@ def _check_rows(x: np.ndarray, axis: int) -> None:
             field="attn",
         )
 
+
 DEFAULT_KEEP: tuple[Hashable, ...] = (EXPERIMENT, STEP, LAYER)
 """Dims :func:`attention_specialization` keeps by default (those present)."""
 

@@ -166,7 +166,9 @@ def metric_variation(
     from ndt_store.measures.significance import noise_floor
 
     span = (x.max(dim) - x.min(dim)).rename("range")
-    floor = np.maximum(noise_floor(x, dim=dim, floor_ulps=floor_ulps, eps=eps), rtol * abs(x).max(dim))
+    floor = np.maximum(
+        noise_floor(x, dim=dim, floor_ulps=floor_ulps, eps=eps), rtol * abs(x).max(dim)
+    )
     floor = floor.rename("noise_floor")
     present = x.count(dim) > 0
     degenerate = (span <= floor) & present
@@ -188,7 +190,8 @@ def varying_metrics(
 
     Examples
     --------
-    >>> ds = xr.Dataset({"stable_rank": ("step", [1.0, 1.0]), "participation_ratio": ("step", [1.0, 3.0])})
+    >>> ds = xr.Dataset({"stable_rank": ("step", [1.0, 1.0]),
+    ...                  "participation_ratio": ("step", [1.0, 3.0])})
     >>> varying_metrics(ds)
     ['participation_ratio']
     """
@@ -651,8 +654,10 @@ def _jump_block(
     layer = l_of[r]
     train_step = labels.steps[position] if labels.steps is not None else np.full(i.size, np.nan)
     index_phase = i / labels.num_steps[e]
-    phase = index_phase if phase_mode == "index" or labels.steps is None else (
-        train_step / labels.num_steps[e]
+    phase = (
+        index_phase
+        if phase_mode == "index" or labels.steps is None
+        else (train_step / labels.num_steps[e])
     )
     out = {
         "step": i.astype(np.int64),

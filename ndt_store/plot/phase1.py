@@ -21,9 +21,9 @@ from ndt_store.plot._common import (
     edges,
     finish,
     labels_of,
+    legend_outside,
     new_figure,
     numeric_coord,
-    legend_outside,
     require_dims,
     series_colors,
     set_ticks,
@@ -271,10 +271,15 @@ def metric_heatmap(
                 )  # fmt: skip
             handles.append(
                 Line2D(
-                    [], [], marker=marker, markerfacecolor=face, markeredgecolor=edge,
-                    color=edge if face == "none" else face, linestyle="none",
+                    [],
+                    [],
+                    marker=marker,
+                    markerfacecolor=face,
+                    markeredgecolor=edge,
+                    color=edge if face == "none" else face,
+                    linestyle="none",
                     label=f"{label} ({len(pts)})",
-                )  # fmt: skip
+                )
             )
     if handles:
         legend_outside(ax, handles=handles)

@@ -323,7 +323,9 @@ def weight_change_heatmap(
         cmap=cmap,
         norm=norm,
     )
-    bar = fig.colorbar(mesh, ax=ax, label=str(da.name or "change") + (" (log scale)" if log else ""))
+    bar = fig.colorbar(
+        mesh, ax=ax, label=str(da.name or "change") + (" (log scale)" if log else "")
+    )
     if not log:
         bar.formatter.set_useOffset(False)  # type: ignore[attr-defined]
     ax.set_ylim(n_par, 0)  # first parameter on top
