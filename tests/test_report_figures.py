@@ -184,3 +184,17 @@ def test_significant_and_not_marked_apart():
     fig = metric_heatmap(da, "m", jumps=jumps)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["not significant (1)", "significant jump (1)"]
+
+
+@pytest.mark.parametrize("n_par", [1, 3, 50, 150])
+@pytest.mark.parametrize("n_int", [1, 25])
+def test_weight_change_heatmap_readable_at_any_size(n_par, n_int):
+    rng = np.random.default_rng(n_par)
+    names = [f"{n}.{i}" for i, n in enumerate(PARAMETERS * 3)][:n_par]
+    da = xr.DataArray(
+        np.exp(2 * rng.normal(size=(n_par, n_int))),
+        dims=("parameter", "interval"),
+        coords={"parameter": names, "interval": [f"{50 * i}→{50 * i + 50}" for i in range(n_int)]},
+        name="relative weight change",
+    )
+    assert readability_problems(weight_change_heatmap(da)) == []

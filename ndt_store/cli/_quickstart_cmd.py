@@ -67,10 +67,19 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _stage(say: Callable[[str], None]) -> Callable[[str], None]:
-    """Stage lines: printed on a terminal (beside the bars), heartbeat lines otherwise."""
+    """Stage lines: printed on a terminal (beside the bars), heartbeat lines otherwise.
+
+    Whether a stored run is reused (or why it is trained again) is always printed at once.
+    """
     if is_terminal():
         return lambda line: print(line, file=sys.stderr, flush=True)
-    return say
+
+    def stage(line: str) -> None:
+        if line.startswith("reusing ") or " again: " in line:
+            print(f"quickstart: {line}", file=sys.stderr, flush=True)
+        say(line)
+
+    return stage
 
 
 class _Silent:

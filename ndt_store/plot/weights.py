@@ -313,7 +313,7 @@ def weight_change_heatmap(
         else Normalize(vmin=np.nanmin(values) if np.isfinite(values).any() else 0.0)
     )
     label_w = 0.075 * max(map(len, names), default=4)
-    height = min(max(3.0, 0.17 * n_par + 2.0), 24.0)
+    height = min(max(3.6, 0.17 * n_par + 2.0), 24.0)
     width = min(max(6.0, 0.32 * n_int + label_w + 2.5), 20.0)
     fig, axes = new_figure((width, height))
     ax = axes[0, 0]
@@ -323,9 +323,8 @@ def weight_change_heatmap(
         cmap=cmap,
         norm=norm,
     )
-    bar = fig.colorbar(
-        mesh, ax=ax, label=str(da.name or "change") + (" (log scale)" if log else "")
-    )
+    bar = fig.colorbar(mesh, ax=ax)
+    bar.set_label(str(da.name or "change"), fontsize=9)
     if not log:
         bar.formatter.set_useOffset(False)  # type: ignore[attr-defined]
     ax.set_ylim(n_par, 0)  # first parameter on top
@@ -339,5 +338,7 @@ def weight_change_heatmap(
     ax.tick_params(axis="y", labelsize=7 if n_par > 30 else 8)
     ax.set_xlabel(other + (f"\n({key})" if key else ""), fontsize=9)
     ax.set_ylabel(PARAMETER)
-    ax.set_title(with_context(f"{da.name or 'Weight change'} per {PARAMETER}", da), fontsize=10)
+    scale = " (log colour scale)" if log else ""
+    title = f"{da.name or 'Weight change'} per {PARAMETER}{scale}"
+    ax.set_title(with_context(title, da), fontsize=10)
     return finish(fig, path, dpi=dpi)
