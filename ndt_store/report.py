@@ -375,9 +375,18 @@ def _notice(results: dict[str, Any]) -> str | None:
 
 
 # -------------------------------------------------------------------- figures
+def _tested_out(m: CriticalMoment) -> bool:
+    """A moment of a jump that was tested and is not significant."""
+    info = m.jump_info or {}
+    return info.get("p_value") is not None and not info.get("significant", True)
+
+
 def _train_moments(moments: Sequence[CriticalMoment]) -> list[dict[str, Any]]:
     return [
-        {STEP: m.train_step, "moment_type": m.moment_type}
+        {
+            STEP: m.train_step,
+            "moment_type": m.moment_type + (" (not significant)" if _tested_out(m) else ""),
+        }
         for m in moments
         if m.train_step is not None
     ]
@@ -455,7 +464,7 @@ def _figures(store: Store, results: dict[str, Any], tmp: Path) -> dict[str, str]
         jump_steps = [
             m.train_step
             for m in moments
-            if m.moment_type == "during_jump" and m.train_step is not None
+            if m.moment_type == "during_jump" and m.train_step is not None and not _tested_out(m)
         ]
         save(
             f"Attention entropy of {layer} per head",
