@@ -363,8 +363,8 @@ def compare_representations(
             if kind in out:
                 used[kind] = _used(b, a, b, a)
             else:
-                near = tuple(int(have[i]) for i in nearest_records(np.asarray(have), [b, a]))
-                used[kind] = _used(None, None, b, a, nearest=near)
+                i, j = nearest_records(np.asarray(have), [b, a])
+                used[kind] = _used(None, None, b, a, nearest=(int(have[i]), int(have[j])))
     out["steps_used"] = used
     return out
 

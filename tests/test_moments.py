@@ -254,3 +254,13 @@ def test_include_nonsignificant_labels_them(planted):
     assert len(every) > len(sig) and not all(flags) and any(flags)
     # significant jumps come first
     assert flags == sorted(flags, reverse=True)
+
+
+def test_store_periods_metric(real_store):
+    from ndt_store.measures.dynamics import critical_period_table
+
+    got = store_periods(real_store, ["mlp_narrow_mnist"], metric="participation_ratio")
+    ds = real_store.measurements(["mlp_narrow_mnist"]).compute()
+    want = critical_period_table(ds, variable="participation_ratio")
+    pd.testing.assert_frame_equal(got, want)
+    assert not got.equals(store_periods(real_store, ["mlp_narrow_mnist"]))

@@ -166,10 +166,9 @@ def metric_variation(
     from ndt_store.measures.significance import noise_floor
 
     span = (x.max(dim) - x.min(dim)).rename("range")
-    floor = np.maximum(
-        noise_floor(x, dim=dim, floor_ulps=floor_ulps, eps=eps), rtol * abs(x).max(dim)
-    )
-    floor = floor.rename("noise_floor")
+    absolute = noise_floor(x, dim=dim, floor_ulps=floor_ulps, eps=eps)
+    relative = rtol * abs(x).max(dim)
+    floor = absolute.where(absolute >= relative, relative).rename("noise_floor")
     present = x.count(dim) > 0
     degenerate = (span <= floor) & present
     return xr.Dataset(

@@ -382,7 +382,11 @@ def readability_problems(fig: Figure) -> list[str]:
         if box is not None and not inside(box):
             problems.append(f"{name!r}: axes or its labels reach outside the figure")
         texts = [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.yaxis.label]
-        texts += [ax.title, ax._left_title, ax._right_title]
+        texts += [
+            ax.title,
+            getattr(ax, "_left_title", ax.title),
+            getattr(ax, "_right_title", ax.title),
+        ]
         for text in texts:
             if not text.get_visible() or not text.get_text():
                 continue

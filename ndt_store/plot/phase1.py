@@ -252,8 +252,8 @@ def metric_heatmap(
             Patch(facecolor="grey", edgecolor="white", hatch="////", label="critical period")
         )
     if jumps is not None:
-        tested = isinstance(jumps, pd.DataFrame) and "significant" in jumps.columns
-        if tested:
+        groups: list[tuple[Any, str, str, str, int, str]]
+        if isinstance(jumps, pd.DataFrame) and "significant" in jumps.columns:
             sig = jumps["significant"].astype(bool).to_numpy()
             groups = [  # hollow magenta circles vs filled red crosses: shape and colour differ
                 (jumps[~sig], "o", "none", "magenta", 30, "not significant"),

@@ -336,7 +336,7 @@ def weight_change_heatmap(
     for tick in ax.get_xticklabels():
         tick.set_rotation(90 if longest > 3 else 0)
     ax.tick_params(axis="y", labelsize=7 if n_par > 30 else 8)
-    ax.set_xlabel(other + (f"\n({key})" if key else ""), fontsize=9)
+    ax.set_xlabel(str(other) + (f"\n({key})" if key else ""), fontsize=9)
     ax.set_ylabel(PARAMETER)
     scale = " (log colour scale)" if log else ""
     title = f"{da.name or 'Weight change'} per {PARAMETER}{scale}"
