@@ -253,7 +253,7 @@ def shorten_labels(names: Sequence[str], *, max_chars: int = LABEL_CHARS) -> tup
     Examples
     --------
     >>> shorten_labels(["model.encoder.fc.weight", "model.encoder.fc.bias"], max_chars=12)
-    (['fc.weight', 'fc.bias'], "names without the common prefix 'model.encoder.'")
+    (['weight', 'bias'], "names without the common prefix 'model.encoder.fc.'")
     """
     names = [str(n) for n in names]
     if all(len(n) <= max_chars for n in names):
