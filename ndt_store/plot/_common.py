@@ -355,11 +355,17 @@ def readability_problems(fig: Figure) -> list[str]:
     from matplotlib.colors import to_rgba
 
     FigureCanvasAgg(fig)
+    import warnings
+
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
-    fig.draw(renderer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.draw(renderer)
     page = fig.bbox.expanded(1.0, 1.0)
     tol = 2.0  # pixels
-    problems: list[str] = []
+    problems: list[str] = [
+        f"layout failed: {w.message}" for w in caught if "constrained_layout" in str(w.message)
+    ]
 
     def inside(b: Any) -> bool:
         return (
