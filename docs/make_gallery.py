@@ -30,9 +30,9 @@ from ndt_store._dims import HEAD, PARAMETER, QUERY, SAMPLE, STEP
 from ndt_store.legacy.visualization import VisualizationTools
 from ndt_store.measures.activations import activation_selectivity
 from ndt_store.measures.attention import attention_entropy
-from ndt_store.measures.dynamics import critical_periods, detect_jumps
-from ndt_store.measures.weights import weight_change
-from ndt_store.moments import jump_moments
+from ndt_store.measures.dynamics import critical_periods
+from ndt_store.measures.weights import consecutive_weight_change, weight_change
+from ndt_store.moments import jump_moments, store_jumps
 from ndt_store.synth import synth_store
 
 DOCS = Path(__file__).resolve().parent
@@ -59,7 +59,7 @@ def setup(data: Path, workdir: Path) -> Context:
         samples=40,
         seq=12,
         features=24,
-        kinds=("attention", "activations"),
+        kinds=("attention", "activations", "weights"),
     )
     return Context(store, synth, data / "checkpoints" / "mlp_narrow_mnist")
 
@@ -67,9 +67,11 @@ def setup(data: Path, workdir: Path) -> Context:
 # --- Phase 1 (real data) -------------------------------------------------------------
 def fig_metric_heatmap(ctx: Context, path: Path) -> Figure:
     x = ctx.store.phase1("transformer_deep_mnist").participation_ratio  # (step, layer)
+    # every z > 2 jump with its family-wise p-value; `significant` tells them apart
+    jumps = store_jumps(ctx.store, ["transformer_deep_mnist"], metric="participation_ratio")
     return plot.metric_heatmap(
         x,
-        jumps=detect_jumps(x).is_jump,  # the published z > 2 rule, over record index
+        jumps=jumps,
         critical=critical_periods(x),  # |velocity| above its 90th percentile
         path=path,
     )
@@ -77,7 +79,9 @@ def fig_metric_heatmap(ctx: Context, path: Path) -> Figure:
 
 def fig_loss_curve(ctx: Context, path: Path) -> Figure:
     loss = ctx.store.phase1("mlp_narrow_mnist").loss
-    moments = jump_moments(ctx.store, "mlp_narrow_mnist", num_jumps=3)  # .step, .moment_type
+    moments = jump_moments(  # significant jumps (alpha=0.05) of a metric that moves
+        ctx.store, "mlp_narrow_mnist", num_jumps=3, metric="participation_ratio"
+    )
     return plot.loss_curve(loss, moments=moments, logy=True, path=path)
 
 
@@ -118,6 +122,21 @@ def fig_weight_change_bars(ctx: Context, path: Path) -> Figure:
         name="relative change since step 100",
     )
     return plot.weight_change_bars(changes, path=path)
+
+
+def fig_weight_change_heatmap(ctx: Context, path: Path) -> Figure:
+    weights = ctx.synth.weights("synth_transformer_0002")  # {name: (step, ...)}
+    rows = {name: consecutive_weight_change(w).relative_change for name, w in weights.items()}
+    first = next(iter(rows.values()))
+    pairs = zip(first["step_before"].values, first[STEP].values, strict=True)
+    intervals = [f"{a}→{b}" for a, b in pairs]
+    rel = xr.DataArray(
+        np.stack([r.values for r in rows.values()]),
+        dims=(PARAMETER, "interval"),
+        coords={PARAMETER: list(rows), "interval": intervals},
+        name="relative weight change",
+    )
+    return plot.weight_change_heatmap(rel, path=path)
 
 
 # --- attention and activations (synthetic store) --------------------------------------
@@ -166,14 +185,16 @@ SECTIONS = [
     ("Phase 1 metric heatmap", fig_metric_heatmap, "real",
      "`metric_heatmap`: layer × training-step heatmap of `participation_ratio` for "
      "`transformer_deep_mnist`, with the jumps of the published z-score rule applied to it "
-     "(crosses) and its critical periods (hatched). The study ran the rule on "
+     "— significant ones (family-wise α = 0.05) as red crosses, the others as hollow "
+     "magenta circles — and its critical periods (hatched). The study ran the rule on "
      "`stable_rank`, which in these files stays within about 1e-9 of 1.0 for every layer, so "
      "its heatmap shows only rounding noise; `participation_ratio` moves visibly. A "
      "published jump table works too: `jumps=table.rename(columns={'step': 'index'})` "
      "(its `step` column is a record index, not a training step)."),
     ("Loss curve with critical moments", fig_loss_curve, "real",
      "`loss_curve`: training loss of `mlp_narrow_mnist` with the before/during/after moments "
-     "around its three largest jumps, one colour per moment type."),
+     "around its three largest significant jumps of `participation_ratio` (its stable rank "
+     "is degenerate), one colour per moment type."),
     ("Experiment overview", fig_experiment_overview, "real",
      "`experiment_overview`: `participation_ratio` as one small multiple per experiment, one "
      "row per architecture; line colour is the layer's position in the `layer` coordinate "
@@ -186,6 +207,12 @@ SECTIONS = [
     ("Weight change per parameter", fig_weight_change_bars, "real",
      "`weight_change_bars`: relative change of each parameter of `mlp_narrow_mnist` since "
      "step 100 (checkpoints at steps 1000 and 2000 as grouped bars)."),
+    ("Weight change heatmap", fig_weight_change_heatmap, "synthetic",
+     "`weight_change_heatmap`: relative change of every parameter (rows) between consecutive "
+     "snapshots (columns), one sequential colour scale (logarithmic when values span more "
+     "than two decades), long names shortened with a key under the axis. This is the "
+     "report's `<run>_weight_change.png`; it stays readable at 100+ parameters and 20+ "
+     "intervals, where grouped bars would reuse colours."),
     ("Attention pattern", fig_attention_pattern, "synthetic",
      "`attention_pattern`: one head's query × key attention, averaged over the probe batch."),
     ("Attention heads before/after", fig_attention_heads_comparison, "synthetic",

@@ -1,12 +1,13 @@
 """Record your own PyTorch training loop into an ndt_store store.
 
-Run:  python examples/record_your_model.py [OUT_DIR]
+Run ``python examples/record_your_model.py --help``; e.g.
+``python examples/record_your_model.py --out runs --steps 300``.
 The loop is an ordinary one; the lines marked ``# <-`` are all the Recorder adds.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 
 import torch
@@ -15,9 +16,14 @@ from torch import nn
 import ndt_store
 from ndt_store.capture import JumpPolicy, Recorder
 
+parser = argparse.ArgumentParser(description="Record a small PyTorch training loop.")
+parser.add_argument("--out", help="folder for runs.zarr (default: a new temporary folder)")
+parser.add_argument("--steps", type=int, default=300, help="training steps (300)")
+args = parser.parse_args()
+out = args.out or tempfile.mkdtemp()
+steps = args.steps
 torch.manual_seed(0)
 torch.set_num_threads(1)
-out = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
 
 # a small classifier on random data, just to have a loop
 model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5))
@@ -27,11 +33,11 @@ probe = (x[:128], y[:128])  # a fixed probe batch (inputs, labels)
 
 store = ndt_store.open_store(f"{out}/runs.zarr")  # <-
 with Recorder(  # <-
-    store, "my_mlp", model, probe=probe, every=5, snapshot_steps=[0, 150, 299],
-    jump_snapshots=JumpPolicy(max_count=6), dataset="random", total_steps=300,
+    store, "my_mlp", model, probe=probe, every=5, snapshot_steps=[0, steps // 2, steps - 1],
+    jump_snapshots=JumpPolicy(max_count=6), dataset="random", total_steps=steps,
 ) as rec:  # fmt: skip
     print(rec.describe_estimate())
-    for step in range(rec.start_step, 300):
+    for step in range(rec.start_step, steps):
         i = (step * 64) % 2048
         loss = nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
         loss.backward()

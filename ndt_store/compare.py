@@ -176,7 +176,8 @@ def tensor_changes(
     -------
     dict
         Any of ``weights`` (``{parameter: {l2_norm, relative_change,
-        max_change, mean_change, cosine_similarity}}``), ``activations``
+        max_change, mean_change, cosine_similarity, norm_before}}``;
+        ``norm_before`` is the parameter's L2 norm at the first step), ``activations``
         (``{layer: {sparsity: {before, after, change}, selectivity: {...},
         linear_cka}}``; selectivity is the mean class-selectivity index over
         units) and ``attention`` (``{layer: {head_entropy: {head: {before,
@@ -192,10 +193,11 @@ def tensor_changes(
         return all(s in have for s in pair)
 
     if stored(WEIGHTS):
-        lazy[WEIGHTS] = {
-            name: weight_change_between(w, pair[0], pair[1])
-            for name, w in store.weights(experiment, steps=pair).items()
-        }
+        lazy[WEIGHTS] = {}
+        for name, w in store.weights(experiment, steps=pair).items():
+            first = w.sel({STEP: pair[0]}).astype(np.float64)
+            change = weight_change_between(w, pair[0], pair[1])
+            lazy[WEIGHTS][name] = change.assign(norm_before=np.sqrt((first * first).sum()))
     if stored(ACTIVATIONS):
         acts: dict[str, Any] = {}
         for layer, act in store.activations(experiment).items():
@@ -232,7 +234,7 @@ def tensor_changes(
     out: dict[str, Any] = {}
     if WEIGHTS in done:
         out[WEIGHTS] = {
-            name: {v: _py(ds[v].values) for v in WEIGHT_CHANGE_VARIABLES}
+            name: {v: _py(ds[v].values) for v in (*WEIGHT_CHANGE_VARIABLES, "norm_before")}
             for name, ds in done[WEIGHTS].items()
         }
     if ACTIVATIONS in done:
@@ -274,8 +276,16 @@ def compare_representations(
     *,
     experiment: str | None = None,
     tensors: bool = True,
+    phase1: str = "nearest",
 ) -> dict[str, Any]:
     """Compare a run at two moments: Phase 1 changes, and tensor changes where stored.
+
+    Every quantity is compared at the same two steps. Tensors are compared only
+    where stored at exactly the two steps; Phase 1 records are the nearest ones
+    (``phase1="nearest"``) or must sit exactly at the two steps
+    (``phase1="exact"``; otherwise the Phase 1 part is left out). ``steps_used``
+    says, per quantity, which steps were used and how far each is from the
+    asked step.
 
     Parameters
     ----------
@@ -289,13 +299,18 @@ def compare_representations(
     tensors
         Also compare stored weights/activations/attention at exactly these two
         steps (:func:`tensor_changes`) when present.
+    phase1
+        ``"nearest"`` (the study's rule) or ``"exact"`` (see above).
 
     Returns
     -------
     dict
         ``experiment``, ``requested_before``, ``requested_after``, the keys of
         :func:`phase1_changes` (``None``/empty for a run without Phase 1
-        records; steps are then the requested ones), and those of :func:`tensor_changes` when any.
+        records; steps are then the requested ones), those of
+        :func:`tensor_changes` when any, and ``steps_used``: ``{quantity:
+        {before, after, distance_before, distance_after}}`` (a quantity
+        absent at the steps is listed with ``before``/``after`` ``None``).
 
     Examples
     --------
@@ -321,13 +336,49 @@ def compare_representations(
         raise InputError(
             f"moments belong to {sorted(names)}, not {experiment!r}", field="experiment"
         )
+    if phase1 not in ("nearest", "exact"):
+        raise InputError("phase1 must be 'nearest' or 'exact'", field="phase1", value=phase1)
     b, a = _step_of(before, "before"), _step_of(after, "after")
     out: dict[str, Any] = {"experiment": experiment, "requested_before": b, "requested_after": a}
+    used: dict[str, dict[str, Any]] = {}
     ds = store.phase1(experiment)
+    no_phase1 = {**_NO_PHASE1, "step_before": b, "step_after": a}
     if ds.sizes[STEP]:
-        out.update(phase1_changes(ds, b, a))
+        changes = phase1_changes(ds, b, a)
+        sb, sa = changes["step_before"], changes["step_after"]
+        if phase1 == "exact" and (sb, sa) != (b, a):
+            out.update(no_phase1, layer_changes={}, metric_changes={})
+            used["phase1"] = _used(None, None, b, a, nearest=(sb, sa))
+        else:
+            out.update(changes)
+            used["phase1"] = _used(sb, sa, b, a)
     else:  # a run with tensors only (e.g. ingested checkpoints)
-        out.update(_NO_PHASE1, step_before=b, step_after=a, layer_changes={}, metric_changes={})
+        out.update(no_phase1, layer_changes={}, metric_changes={})
     if tensors and store.snapshot_steps(experiment):
         out.update(tensor_changes(store, experiment, b, a))
+        for kind in (WEIGHTS, ACTIVATIONS, ATTENTION):
+            have = store.snapshot_steps(experiment, kind)
+            if not have:
+                continue
+            if kind in out:
+                used[kind] = _used(b, a, b, a)
+            else:
+                i, j = nearest_records(np.asarray(have), [b, a])
+                used[kind] = _used(None, None, b, a, nearest=(int(have[i]), int(have[j])))
+    out["steps_used"] = used
     return out
+
+
+def _used(
+    before: int | None, after: int | None, b: int, a: int, *, nearest: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Steps a quantity was compared at and their distance from the asked steps."""
+    entry: dict[str, Any] = {
+        "before": before,
+        "after": after,
+        "distance_before": None if before is None else abs(before - b),
+        "distance_after": None if after is None else abs(after - a),
+    }
+    if nearest is not None:
+        entry["nearest"] = list(nearest)
+    return entry

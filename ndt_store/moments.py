@@ -32,12 +32,17 @@ from ndt_store._dims import EXPERIMENT, INDEX, LAYER, LOSS, STABLE_RANK, STEP
 from ndt_store.errors import InputError
 from ndt_store.ingest.tables import JUMPS_TABLE, PERIODS_TABLE
 from ndt_store.measures.dynamics import (
+    PhaseMode,
+    check_alpha,
     coordination,
     critical_period_table,
     critical_periods,
     jump_table,
+    metric_variation,
     velocity,
+    warn_if_degenerate,
 )
+from ndt_store.measures.significance import DEFAULT_ALPHA
 from ndt_store.store import Store
 
 __all__ = [
@@ -45,6 +50,7 @@ __all__ = [
     "CriticalMoment",
     "StepMode",
     "experiment_summary",
+    "flag_significance",
     "identify_moments",
     "jump_moments",
     "period_moments",
@@ -114,6 +120,8 @@ def store_jumps(
     *,
     threshold: float = 2.0,
     alpha: float | None = None,
+    metric: str = STABLE_RANK,
+    phase: PhaseMode = "train",
 ) -> pd.DataFrame:
     """The jump table of stored runs: published columns plus index, train_step, p-values.
 
@@ -133,6 +141,11 @@ def store_jumps(
     alpha
         ``None``: every z-score jump (the published table). A number: only
         jumps significant at this family-wise level.
+    metric
+        The Phase 1 variable (default ``stable_rank``, the published one).
+    phase
+        ``"train"``: ``phase`` from the training step; ``"index"``: the
+        published formula (see :func:`~ndt_store.measures.dynamics.jump_table`).
 
     Returns
     -------
@@ -142,9 +155,11 @@ def store_jumps(
     names = _experiments(store, experiments)
     if not names:
         return jump_table(xr.DataArray(np.zeros((0, 0, 0)), dims=(EXPERIMENT, STEP, LAYER)))
-    table = jump_table(store.measurements(names), threshold=threshold, alpha=alpha)
+    table = jump_table(
+        store.measurements(names), threshold=threshold, alpha=alpha, variable=metric, phase=phase
+    )
     cluster = np.full(len(table), -1, dtype=np.int64)
-    if JUMPS_TABLE in store.tables():
+    if JUMPS_TABLE in store.tables() and metric == STABLE_RANK:
         pub = store.table(JUMPS_TABLE)
         if "cluster" in pub.columns:
             key = ["experiment", "layer", "step"]
@@ -155,8 +170,12 @@ def store_jumps(
     return table
 
 
-def store_periods(store: Store, experiments: Sequence[str] | None = None) -> pd.DataFrame:
+def store_periods(
+    store: Store, experiments: Sequence[str] | None = None, *, metric: str = STABLE_RANK
+) -> pd.DataFrame:
     """The critical-period table of stored runs (as the published one), computed.
+
+    ``metric`` is the Phase 1 variable (default ``stable_rank``, the published one).
 
     Examples
     --------
@@ -167,7 +186,48 @@ def store_periods(store: Store, experiments: Sequence[str] | None = None) -> pd.
     names = _experiments(store, experiments)
     if not names:
         return pd.DataFrame(columns=["experiment"])
-    return critical_period_table(store.measurements(names).compute())
+    return critical_period_table(store.measurements(names).compute(), variable=metric)
+
+
+def flag_significance(rows: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """``rows`` with ``significant`` re-evaluated at ``alpha`` (``p_value <= alpha``, above floor).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"p_value": [0.01, 0.2], "magnitude": [1.0, 1.0],
+    ...                   "noise_floor": [0.1, 0.1]})
+    >>> flag_significance(t, 0.05)["significant"].tolist()
+    [True, False]
+    """
+    alpha = check_alpha(alpha)
+    if "p_value" not in rows.columns:
+        if "significant" in rows.columns:
+            return rows
+        raise InputError(
+            "filtering on alpha needs a jump table with p_value/significant columns "
+            "(pass alpha=None to use every z-score jump)",
+            field="alpha",
+            value=alpha,
+        )
+    keep = np.array(rows["p_value"].to_numpy(dtype=np.float64) <= alpha)
+    if "noise_floor" in rows.columns:
+        floor = rows["noise_floor"].to_numpy(dtype=np.float64)
+        keep &= np.isnan(floor) | (rows["magnitude"].to_numpy(dtype=np.float64) > floor)
+    rows = rows.copy()
+    rows["significant"] = keep
+    return rows
+
+
+def _mark_degenerate(
+    rows: pd.DataFrame, store: Store, experiment: str, metric: str
+) -> pd.DataFrame:
+    """Jumps in layers where ``metric`` does not move are not significant (``degenerate``)."""
+    var = metric_variation(store.phase1(experiment)[metric])
+    flat = {str(k) for k, v in zip(var[LAYER].values, var.degenerate.values, strict=True) if v}
+    rows = rows.copy()
+    rows["degenerate"] = rows["layer"].astype(str).isin(flat).to_numpy()
+    rows["significant"] = rows["significant"].astype(bool) & ~rows["degenerate"]
+    return rows
 
 
 def _jump_rows(
@@ -176,33 +236,38 @@ def _jump_rows(
     experiment: str,
     threshold: float,
     alpha: float | None,
+    metric: str = STABLE_RANK,
+    include_nonsignificant: bool = False,
 ) -> pd.DataFrame:
-    """The jump rows of one run: published when stored (and ``alpha`` is None), else computed."""
+    """The jump rows of one run.
+
+    ``alpha=None``: every z-score jump (the published rows when stored, the
+    study's selection). A number: the rows carry ``significant`` at that
+    level and, unless ``include_nonsignificant``, only significant ones stay.
+    """
     if table is not None:
         rows = table[table["experiment"] == experiment]
-        if alpha is not None:
-            if "significant" not in rows.columns and "p_value" not in rows.columns:
-                raise InputError(
-                    "filtering on alpha needs a jump table with p_value/significant columns",
-                    field="alpha",
-                    value=alpha,
-                )
-            if "p_value" in rows.columns:
-                keep = rows["p_value"] <= alpha
-                if "noise_floor" in rows.columns:
-                    keep &= rows["noise_floor"].isna() | (rows["magnitude"] > rows["noise_floor"])
-            else:
-                keep = rows["significant"].astype(bool)
-            rows = rows[keep]
+    else:
+        assert store is not None
+        store.metadata(experiment)
+        rows = None
+        if alpha is None and threshold == 2.0 and metric == STABLE_RANK:
+            if JUMPS_TABLE in store.tables():
+                pub = store.table(JUMPS_TABLE)
+                rows = pub[pub["experiment"] == experiment]
+                rows = rows if len(rows) else None
+        if rows is None:
+            rows = jump_table(
+                store.measurements([experiment]), threshold=threshold, variable=metric
+            )
+    if alpha is None:
         return rows
-    assert store is not None
-    store.metadata(experiment)
-    if alpha is None and threshold == 2.0 and JUMPS_TABLE in store.tables():
-        pub = store.table(JUMPS_TABLE)
-        rows = pub[pub["experiment"] == experiment]
-        if len(rows):
-            return rows
-    return jump_table(store.measurements([experiment]), threshold=threshold, alpha=alpha)
+    rows = flag_significance(rows, alpha)
+    if store is not None and len(rows):
+        rows = _mark_degenerate(rows, store, experiment, metric)
+    if not include_nonsignificant:
+        rows = rows[rows["significant"].astype(bool)]
+    return rows
 
 
 def _record_steps(store: Store | None, experiment: str) -> np.ndarray | None:
@@ -243,12 +308,19 @@ def jump_moments(
     offset: int = 10,
     steps: StepMode = "train",
     threshold: float = 2.0,
-    alpha: float | None = None,
+    alpha: float | None = DEFAULT_ALPHA,
     jumps: pd.DataFrame | None = None,
+    metric: str = STABLE_RANK,
+    include_nonsignificant: bool = False,
 ) -> list[CriticalMoment]:
-    """Before / during / after moments of the ``num_jumps`` largest jumps of a run.
+    """Before / during / after moments of the ``num_jumps`` largest significant jumps of a run.
 
-    Jumps are sorted by ``magnitude``, largest first (ties keep table order).
+    Jumps are sorted significant first, then by ``magnitude``, largest first
+    (ties keep table order). A metric that moves in no layer of the run (its
+    range within its noise floor, see
+    :func:`~ndt_store.measures.dynamics.metric_variation`) gives no moments
+    and a :class:`~ndt_store.measures.dynamics.DegenerateMetricWarning`
+    naming the metrics that vary.
 
     Parameters
     ----------
@@ -267,10 +339,17 @@ def jump_moments(
     threshold
         z-score threshold when jumps are computed.
     alpha
-        Keep only jumps significant at this level (``p_value <= alpha``).
+        Family-wise level (default 0.05): keep only jumps with ``p_value <=
+        alpha`` above the noise floor. ``None``: every z-score jump, untested
+        (the study's selection; the published rows when stored).
     jumps
         A jump table to take the jumps from while ``source`` (a store) gives
         the records' training steps.
+    metric
+        The Phase 1 variable whose jumps are used (default ``stable_rank``).
+    include_nonsignificant
+        Keep the jumps that are not significant too (their ``jump_info`` says
+        ``significant: False``).
 
     Returns
     -------
@@ -279,7 +358,8 @@ def jump_moments(
 
     Examples
     --------
-    >>> table = pd.DataFrame({"experiment": ["r", "r"], "step": [40, 7], "magnitude": [1.0, 3.0]})
+    >>> table = pd.DataFrame({"experiment": ["r", "r"], "step": [40, 7], "magnitude": [1.0, 3.0],
+    ...                       "p_value": [0.001, 0.002]})
     >>> [(m.step, m.moment_type) for m in jump_moments(table, "r", num_jumps=1, steps="index")]
     [(0, 'before_jump'), (7, 'during_jump'), (17, 'after_jump')]
     """
@@ -287,7 +367,13 @@ def jump_moments(
         raise InputError("steps must be 'train' or 'index'", field="steps", value=steps)
     store = source if isinstance(source, Store) else None
     table = source if isinstance(source, pd.DataFrame) else jumps
-    rows = _jump_rows(store, table, experiment, threshold, alpha)
+    if alpha is not None:
+        alpha = check_alpha(alpha)
+        if store is not None:
+            degenerate, _ = warn_if_degenerate(store.phase1(experiment), metric, where=experiment)
+            if degenerate:
+                return []
+    rows = _jump_rows(store, table, experiment, threshold, alpha, metric, include_nonsignificant)
     if rows.empty:
         return []
     record_steps = _record_steps(store, experiment)
@@ -298,7 +384,11 @@ def jump_moments(
             value=steps,
         )
     magnitude = pd.to_numeric(rows["magnitude"], errors="coerce").fillna(0.0).to_numpy()
-    order = np.argsort(-magnitude, kind="stable")[: max(num_jumps, 0)]
+    if alpha is not None and "significant" in rows.columns:
+        significant = rows["significant"].to_numpy(dtype=bool)
+        order = np.lexsort((-magnitude, ~significant))[: max(num_jumps, 0)]
+    else:
+        order = np.argsort(-magnitude, kind="stable")[: max(num_jumps, 0)]
     records = _records(rows)
     out: list[CriticalMoment] = []
     last = None if record_steps is None else record_steps.size - 1
@@ -328,6 +418,7 @@ def period_moments(
     min_loss_correlation: float | None = None,
     percentile: float = 90,
     steps: StepMode = "train",
+    metric: str = STABLE_RANK,
 ) -> list[CriticalMoment]:
     """Moments at the peaks of coordinated critical periods of a run.
 
@@ -353,6 +444,8 @@ def period_moments(
         Percentile of the critical-index rule.
     steps
         As in :func:`jump_moments`.
+    metric
+        The Phase 1 variable (default ``stable_rank``).
 
     Returns
     -------
@@ -363,7 +456,9 @@ def period_moments(
         ``loss_correlation``).
     """
     ds = store.phase1(experiment)
-    x = ds[STABLE_RANK]
+    if metric not in ds:
+        warn_if_degenerate(ds, metric)  # InputError naming the stored metrics
+    x = ds[metric]
     crit = critical_periods(x, percentile=percentile)
     score = coordination(crit)["coordination_score"].values
     falling = np.zeros(score.size, dtype=bool)
@@ -407,11 +502,13 @@ def identify_moments(
     offset: int = 10,
     steps: StepMode = "train",
     threshold: float = 2.0,
-    alpha: float | None = None,
+    alpha: float | None = DEFAULT_ALPHA,
     num_periods: int = 0,
     min_coordination: float = 0.5,
     min_loss_correlation: float | None = None,
     jumps: pd.DataFrame | None = None,
+    metric: str = STABLE_RANK,
+    include_nonsignificant: bool = False,
 ) -> list[CriticalMoment]:
     """Critical moments of a run: around its largest jumps, then its critical periods.
 
@@ -421,8 +518,8 @@ def identify_moments(
         A store, or a jump table (jump moments only, ``steps="index"``).
     experiment
         The run.
-    num_jumps, offset, threshold, alpha, jumps
-        See :func:`jump_moments`.
+    num_jumps, offset, threshold, alpha, jumps, metric, include_nonsignificant
+        See :func:`jump_moments` (significant jumps at ``alpha=0.05`` by default).
     steps
         ``"train"`` (training steps) or ``"index"`` (the study's convention).
     num_periods, min_coordination, min_loss_correlation
@@ -453,6 +550,8 @@ def identify_moments(
         threshold=threshold,
         alpha=alpha,
         jumps=jumps,
+        metric=metric,
+        include_nonsignificant=include_nonsignificant,
     )
     if num_periods > 0:
         if not isinstance(source, Store):
@@ -466,6 +565,7 @@ def identify_moments(
             min_coordination=min_coordination,
             min_loss_correlation=min_loss_correlation,
             steps=steps,
+            metric=metric,
         )
     return out
 

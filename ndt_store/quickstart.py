@@ -19,6 +19,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ndt_store.errors import require
+from ndt_store.errors import InputError, require
 
 __all__ = ["MODELS", "QuickstartResult", "build_model", "load_digits_split", "run_quickstart"]
 
@@ -147,6 +148,7 @@ class QuickstartResult:
     files: dict[str, Path] = field(default_factory=dict)
     accuracy: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A few lines saying what was done and where everything is."""
@@ -161,6 +163,7 @@ class QuickstartResult:
             f"  figures:  {len(figures)} PNG files under {self.report}",
             "Try: ndt-store ls --store " + str(self.store),
         ]
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -175,14 +178,29 @@ def _train_one(
     batch_size: int,
     seed: int,
     progress: bool,
+    say: Callable[[str], None],
 ) -> float:
     from ndt_store.capture import JumpPolicy, Recorder
 
     if name in store.experiments():
         meta = store.metadata(name)
-        if meta.get("capture", {}).get("status") == "complete":
+        complete = meta.get("capture", {}).get("status") == "complete"
+        same = meta.get("num_steps") == steps and meta.get("seed", seed) == seed
+        if complete and same:
+            say(
+                f"reusing {name} from {store.location} ({steps} steps, seed {seed}); "
+                "pass --fresh (fresh=True) to train it again"
+            )
             return float(meta.get("final_accuracy", float("nan")))
-        store.delete_experiment(name)  # an interrupted run: the model state is gone, redo it
+        why = (
+            f"stored run has {meta.get('num_steps')} steps / seed {meta.get('seed')}, asked "
+            f"{steps} / {seed}"
+            if complete
+            else "stored run was interrupted"
+        )
+        say(f"training {name} again: {why}")
+        store.delete_experiment(name)  # the model state is gone, redo it
+    say(f"training {name} ({steps} steps)")
     torch.manual_seed(seed)
     model = build_model(name)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -262,22 +280,51 @@ def _prefix_links(markdown: str, folder: str) -> str:
     return _LINK.sub(fix, markdown)
 
 
+_ANCHOR_LINK = re.compile(r"\]\(#([^)]+)\)")
+_ANCHOR_ID = re.compile(r'<a id="([^"]+)"></a>')
+
+
+def _prefix_anchors(markdown: str, run: str) -> str:
+    """Anchors and links to them made unique per run (``#moment-1`` → ``#run-moment-1``)."""
+    markdown = _ANCHOR_LINK.sub(lambda m: f"](#{run}-{m.group(1)})", markdown)
+    return _ANCHOR_ID.sub(lambda m: f'<a id="{run}-{m.group(1)}"></a>', markdown)
+
+
+def _split_report(markdown: str) -> tuple[list[str], str, str]:
+    """A run's report as (first lines without its title, summary body, details)."""
+    head, _, rest = markdown.partition("<!-- summary -->")
+    summary, _, details = rest.partition("<!-- /summary -->")
+    first = [line for line in head.splitlines()[1:] if line.strip()]
+    first = [x for line in first for x in (line, "")]  # a blank line after each
+    body = re.sub(r"^<a id=\"[^\"]+\"></a>\s*## Summary\s*", "", summary.strip())
+    return first, body, details
+
+
 def _combined_report(report: Path, runs: dict[str, dict[str, Path]]) -> dict[str, Path]:
+    """One report of every run: all the summaries first, then each run's details."""
     results: dict[str, Any] = {"experiments": {}}
     parts = [
         "# ndt-store quickstart: before/after comparison report",
         "",
         "Three small models trained on scikit-learn's 8×8 digits and recorded with the "
-        "Recorder; one section per run (its files are in the sub-folder of the same name).",
+        "Recorder. Summaries of every run first, then the details per run (each run's own "
+        "report and figures are in the sub-folder of the same name).",
+        "",
+        "## Summaries",
         "",
     ]
+    details: list[str] = ["## Details", ""]
     for name, files in runs.items():
         results["experiments"][name] = json.loads(
             files["analysis_results.json"].read_text(encoding="utf-8")
         )
         md = files["comparison_report.md"].read_text(encoding="utf-8")
-        md = re.sub(r"^(#+) ", r"#\1 ", md, flags=re.MULTILINE)  # nest headings
-        parts += [_prefix_links(md, name), ""]
+        md = _prefix_links(_prefix_anchors(md, name), name)
+        first, summary, rest = _split_report(md)
+        parts += [f"### {name}", "", *first, summary, ""]
+        rest = re.sub(r"^(#+) ", r"##\1 ", rest.strip(), flags=re.MULTILINE)  # nest headings
+        details += [f'<a id="{name}"></a>', "", f"### {name}", "", rest, ""]
+    parts += details
     out = {
         "comparison_report.md": report / "comparison_report.md",
         "analysis_results.json": report / "analysis_results.json",
@@ -301,15 +348,20 @@ def run_quickstart(
     models: tuple[str, ...] = MODELS,
     threads: int | None = None,
     progress: bool = True,
+    fresh: bool = False,
+    alpha: float = 0.05,
+    metric: str = "stable_rank",
+    on_stage: Callable[[str], None] | None = None,
 ) -> QuickstartResult:
     """Train, record and analyse the three quickstart models; write the report.
 
     Parameters
     ----------
     out
-        Output directory: ``store.zarr`` and ``report/`` are written inside. A
-        store already there is reused: complete runs are kept (and re-analysed),
-        interrupted ones are trained again from scratch.
+        Output directory (created; must not be a file): ``store.zarr`` and
+        ``report/`` are written inside. A store already there is reused: complete
+        runs with the same ``steps`` and ``seed`` are kept (and re-analysed; a
+        message says so), other and interrupted ones are trained again.
     steps
         Training steps per model.
     every
@@ -323,6 +375,14 @@ def run_quickstart(
         more, and on a busy 2-core machine two threads were 50× slower).
     progress
         Show progress bars.
+    fresh
+        Train every model again even when a complete run is stored.
+    alpha, metric
+        Significance level and Phase 1 metric of the reports (see
+        :func:`ndt_store.report.write_report`).
+    on_stage
+        Called with a line for each stage (training, reusing, analysing a run);
+        default: print it when ``progress`` is on.
 
     Returns
     -------
@@ -339,9 +399,17 @@ def run_quickstart(
     """
     torch = require("torch", "torch")
     import ndt_store
+    from ndt_store.measures.dynamics import DegenerateMetricWarning, check_alpha
     from ndt_store.report import write_report
 
+    check_alpha(alpha)
+    say = on_stage or ((lambda line: print(line, flush=True)) if progress else (lambda _: None))
     out_dir = Path(out)
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise InputError(f"{str(folder)!r} is a file, not a folder", field="out")
+            break
     out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir / "report"
     report.mkdir(exist_ok=True)
@@ -352,19 +420,26 @@ def run_quickstart(
         data = load_digits_split(seed=seed)
         store = ndt_store.open_store(result.store)
         for name in models:
+            if fresh and name in store.experiments():
+                store.delete_experiment(name)
             t0 = time.perf_counter()
             result.accuracy[name] = _train_one(
                 torch, store, name, data, steps=steps, every=every,
-                batch_size=batch_size, seed=seed, progress=progress,
+                batch_size=batch_size, seed=seed, progress=progress, say=say,
             )  # fmt: skip
             result.seconds[name] = time.perf_counter() - t0
         t0 = time.perf_counter()
         store.refresh()
         runs = {}
         for name in models:
-            if progress:
-                print(f"analysing {name} ...", flush=True)
-            runs[name] = write_report(store, name, report / name, num_jumps=3, offset=10)
+            say(f"analysing {name}")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DegenerateMetricWarning)
+                runs[name] = write_report(
+                    store, name, report / name, num_jumps=3, offset=10, alpha=alpha,
+                    metric=metric,
+                )  # fmt: skip
+            result.warnings += [str(w.message) for w in caught]
             result.files.update({f"{name}/{k}": v for k, v in runs[name].items()})
         result.files.update(_combined_report(report, runs))
         result.seconds["analysis"] = time.perf_counter() - t0

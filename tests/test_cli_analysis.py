@@ -22,7 +22,9 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_jumps_is_the_published_table(real_store, shared_phase1, capsys):
-    rc, out, _ = run(capsys, "jumps", "--store", real_store.location, "--format", "csv")
+    rc, out, _ = run(
+        capsys, "jumps", "--store", real_store.location, "--format", "csv", "--phase", "index"
+    )
     assert rc == 0
     got = pd.read_csv(io.StringIO(out))
     pub = pd.read_csv(shared_phase1 / "all_jumps_detailed.csv")
@@ -76,15 +78,37 @@ def test_moments(real_store, capsys):
         EXP,
         "--num-jumps",
         "2",
+        "--metric",
+        "participation_ratio",
         "--format",
         "csv",
     )
     got = pd.read_csv(io.StringIO(out))
-    ref = identify_moments(real_store, EXP, num_jumps=2)
-    assert rc == 0
+    ref = identify_moments(real_store, EXP, num_jumps=2, metric="participation_ratio")
+    assert rc == 0 and len(ref) == 6
     assert got["step"].tolist() == [m.step for m in ref]
     assert got["index"].tolist() == [m.index for m in ref]
     assert got["moment_type"].tolist() == [m.moment_type for m in ref]
+    assert (got["p_value"] <= 0.05).all() and got["significant"].all()
+    assert (got["noise_floor"] > 0).all()
+
+
+def test_moments_of_a_degenerate_metric_warn(real_store, capsys):
+    rc, out, err = run(capsys, "moments", "--store", real_store.location, "-e", "mlp_narrow_mnist")
+    assert rc == 0 and "(no rows)" in out
+    assert "stable_rank is degenerate" in err and "participation_ratio" in err
+
+
+@pytest.mark.parametrize("alpha", ["2", "0", "1", "-0.1", "x"])
+@pytest.mark.parametrize("command", ["moments", "report", "jumps"])
+def test_alpha_outside_unit_interval_refused(real_store, capsys, command, alpha, tmp_path):
+    argv = [command, "--store", real_store.location, "-e", EXP, "--alpha", alpha]
+    argv += ["--out", str(tmp_path / "r")] if command == "report" else []
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--alpha" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_compare(real_store, shared_phase1, capsys):
@@ -163,3 +187,44 @@ def test_help(command, capsys):
         main([command, "--help"])
     assert exc.value.code == 0
     assert "--store" in capsys.readouterr().out
+
+
+def test_report_out_pointing_at_a_file_is_one_line(real_store, capsys, tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    rc, out, err = run(
+        capsys, "report", "--store", real_store.location, "-e", EXP, "--out", str(target),
+        "--metric", "participation_ratio", "--no-figures",
+    )  # fmt: skip
+    assert rc == 1 and out == ""
+    assert err.startswith("ndt-store: error:") and "is a file" in err and err.count("\n") == 1
+    assert target.read_text() == "keep me"
+
+
+def test_quickstart_out_pointing_at_a_file_is_one_line(capsys, tmp_path):
+    pytest.importorskip("torch")
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    rc, _, err = run(capsys, "quickstart", "--out", str(target), "--steps", "10")
+    assert rc == 1 and "is a file" in err and err.count("\n") == 1
+    assert target.read_text() == "keep me"
+
+
+def test_failed_ingest_leaves_no_store(capsys, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# not a Phase 1 file\n")
+    rc, _, err = run(capsys, "ingest", "phase1", str(readme), "--store", str(tmp_path / "bad.zarr"))
+    assert rc == 1 and err.startswith("ndt-store: error:") and err.count("\n") == 1
+    assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_report_progress_lines_when_piped(real_store, capsys, tmp_path, monkeypatch):
+    """Not a terminal: plain stage lines, no carriage returns."""
+    monkeypatch.setattr("ndt_store.cli._common.HEARTBEAT_DELAY", 0.0)
+    rc, _, err = run(
+        capsys, "report", "--store", real_store.location, "-e", EXP, "--out",
+        str(tmp_path / "r"), "--metric", "participation_ratio", "--num-jumps", "1",
+    )  # fmt: skip
+    assert rc == 0 and "\r" not in err
+    assert "report: analysing transformer_deep_mnist" in err
+    assert "report: drawing the figures" in err

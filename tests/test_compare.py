@@ -27,7 +27,7 @@ def legacy_record(shared_phase1: Path, exp: str, step: int) -> dict:
 
 
 def test_study_comparison_from_json(real_store, shared_phase1):
-    moments = identify_moments(real_store, EXP, num_jumps=3, steps="index")
+    moments = identify_moments(real_store, EXP, num_jumps=3, steps="index", alpha=None)
     res = compare_representations(real_store, moments[0], moments[1])
     b = legacy_record(shared_phase1, EXP, moments[0].step)
     a = legacy_record(shared_phase1, EXP, moments[1].step)

@@ -157,12 +157,31 @@ def published_critical() -> pd.DataFrame:
 # --- faithfulness to the published tables ----------------------------------------------
 @pytest.mark.parametrize("backend", ["numpy", "dask"])
 def test_jump_table_reproduces_published(real, published_jumps, backend):
-    got = jump_table(as_backend(real, backend), n_surrogates=0)
+    got = jump_table(as_backend(real, backend), n_surrogates=0, phase="index")
     columns = [c for c in published_jumps.columns if c != "cluster"]
     compare_tables(got, published_jumps, columns)
     # record index 40 of these runs (5-step interval) is training step 200
     assert (got["train_step"] == got["index"] * 5).all()
     assert (got["step"] == got["index"]).all()
+
+
+def test_phase_is_training_progress_and_published_phase_kept(real, published_jumps):
+    """Default phase = train_step / num_steps; the published index formula under index_phase."""
+    got = jump_table(real, n_surrogates=0)
+    compare_tables(
+        got.rename(columns={"phase": "train_phase", "phase_category": "tpc"}).rename(
+            columns={"index_phase": "phase", "index_phase_category": "phase_category"}
+        ),
+        published_jumps,
+        ["phase", "phase_category"],
+    )
+    np.testing.assert_allclose(got["phase"], got["train_step"] / 2000)
+    # the published formula calls a jump at 90% of training "early" (index 360 of 400)
+    late = got[got["train_step"] >= 0.67 * 2000]
+    assert len(late) and (late["phase_category"] == "late").all()
+    assert (late["index_phase_category"] == "early").all()
+    with pytest.raises(InputError, match="phase"):
+        jump_table(real, n_surrogates=0, phase="records")
 
 
 @pytest.mark.parametrize("backend", ["numpy", "dask"])
@@ -181,7 +200,7 @@ def test_fourth_experiment_with_other_layers_and_grid_changes_nothing(
 
     tables = {}
     for backend in ("numpy", "dask"):
-        jt = jump_table(as_backend(mixed, backend), n_surrogates=99)
+        jt = jump_table(as_backend(mixed, backend), n_surrogates=99, phase="index")
         ct = critical_period_table(as_backend(mixed, backend))
         tables[backend] = (jt, ct)
         compare_tables(jt[jt.experiment.isin(RUNS)], real_rows, list(real_rows.columns))
@@ -191,6 +210,7 @@ def test_fourth_experiment_with_other_layers_and_grid_changes_nothing(
         assert len(extra) > 0 and extra.layer.str.startswith("blocks.").all()
         assert (extra.train_step == 2 + 10 * extra["index"]).all()
         np.testing.assert_allclose(extra.phase, extra["index"] / 4000)
+        np.testing.assert_allclose(extra.index_phase, extra["index"] / 4000)
         assert ct.set_index("experiment").loc["mlp_verydeep_15_qmnist", "max_coordination"] <= 1
     pd.testing.assert_frame_equal(tables["numpy"][0], tables["dask"][0])
     pd.testing.assert_frame_equal(tables["numpy"][1], tables["dask"][1])
@@ -207,6 +227,9 @@ def test_jump_table_with_alpha_keeps_only_significant(real):
     assert (kept.p_value <= 0.05).all() and (kept.magnitude > kept.noise_floor).all()
     with pytest.raises(InputError):
         jump_table(real, alpha=0.05, n_surrogates=0)
+    for bad in (0, 1, 2, -0.1, float("nan")):
+        with pytest.raises(InputError, match="alpha"):
+            jump_table(real, alpha=bad, n_surrogates=9)
 
 
 # --- hand-built series --------------------------------------------------------------

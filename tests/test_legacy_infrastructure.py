@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ndt_store.errors import NdtStoreError
 from ndt_store.ingest.tables import LEGACY_JUMPS, LEGACY_PERIODS
 from ndt_store.legacy.infrastructure import (
     AnalysisResult,
@@ -20,6 +21,19 @@ from ndt_store.legacy.infrastructure import (
 from ndt_store.testing import tree_snapshot
 
 EXP = "transformer_deep_mnist"
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Legacy stores go to a per-test cache folder."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("NDT_STORE_CACHE", str(folder))
+    return folder
+
+
+def cached_store(cache: Path) -> Path:
+    (found,) = cache.glob("*.zarr")
+    return found
 
 
 @pytest.fixture
@@ -57,7 +71,8 @@ def study_reference(root: Path) -> dict:
     return {"num_jumps": len(exp_jumps), "steps": steps, "before": b, "after": a}
 
 
-def test_study_self_test(legacy_tree, capsys):
+def test_study_self_test(legacy_tree, capsys, cache):
+    untouched = tree_snapshot(legacy_tree)
     infra = Phase2Infrastructure(legacy_tree)
     ref = study_reference(legacy_tree)
     summary = infra.get_experiment_summary(EXP)
@@ -82,15 +97,33 @@ def test_study_self_test(legacy_tree, capsys):
             "relative_change": (after - before) / (before + 1e-10),
         }
     assert (m["step_before"], m["step_after"]) == (ref["before"]["step"], ref["after"]["step"])
-    assert (legacy_tree / "ndt_store.zarr").is_dir()
+    # the store lives in the cache folder; the experiments folder is untouched
+    assert cached_store(cache).name.startswith("experiments-")
+    assert tree_snapshot(legacy_tree) == untouched
 
 
-def test_reopen_does_not_reingest(legacy_tree):
+def test_failed_ingest_leaves_no_store(tmp_path, cache):
+    """A directory whose JSON is broken: an error, and no store left behind anywhere."""
+    root = tmp_path / "bad"
+    (root / "new/results/phase1_full").mkdir(parents=True)
+    (root / "new/results/phase1_full/run.json").write_text("not json")
+    with pytest.raises(NdtStoreError):
+        Phase2Infrastructure(root)
+    assert not list(cache.glob("*.zarr")) if cache.exists() else True
+    assert [p.name for p in root.iterdir()] == ["new"]
+
+
+def test_cache_dir_argument(legacy_tree, tmp_path):
+    infra = Phase2Infrastructure(legacy_tree, cache_dir=tmp_path / "mine")
+    assert Path(str(infra.store.location)).parent == tmp_path / "mine"
+
+
+def test_reopen_does_not_reingest(legacy_tree, cache):
     Phase2Infrastructure(legacy_tree)
-    before = tree_snapshot(legacy_tree / "ndt_store.zarr")
+    before = tree_snapshot(cached_store(cache))
     (legacy_tree / "new/results/phase1_full" / f"{EXP}.json").write_text("not json")
     infra = Phase2Infrastructure(legacy_tree)  # would fail if the JSON were read again
-    assert tree_snapshot(legacy_tree / "ndt_store.zarr") == before
+    assert tree_snapshot(cached_store(cache)) == before
     assert EXP in infra.store.experiments()
 
 

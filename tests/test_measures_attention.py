@@ -16,7 +16,7 @@ from test_measures_common import BACKENDS, is_lazy, no_compute, to_backend
 from ndt_store._dims import HEAD, KEY, QUERY, SAMPLE, STEP
 from ndt_store._kernels import attention as k
 from ndt_store.errors import InputError
-from ndt_store.measures.attention import attention_entropy, attention_specialization
+from ndt_store.measures.attention import attention_entropy, attention_specialization, head_entropy
 
 ATTN_DIMS = (STEP, SAMPLE, HEAD, QUERY, KEY)
 
@@ -210,3 +210,47 @@ def test_specialization_no_warnings_and_needs_head() -> None:
         attention_specialization(random_attention())
     with pytest.raises(InputError, match="no head dim"):
         attention_specialization(random_attention().isel({HEAD: 0}))
+
+
+# --- inputs checked; raw arrays accepted ---------------------------------------------
+def test_unnormalised_rows_are_refused_with_a_hint():
+    """The study's own example input (np.random.rand rows) is not probabilities."""
+    import dask.array as dsa
+
+    from ndt_store.errors import InputError as Err
+    from ndt_store.legacy.measurement import MeasurementTools
+
+    raw = np.random.default_rng(0).random((4, 2, 8, 8))
+    with pytest.raises(Err, match="from_logits=True"):
+        MeasurementTools.attention_entropy(raw)
+    with pytest.raises(Err, match="row sums to"):
+        attention_entropy(xr.DataArray(raw, dims=("sample", "head", "query", "key")))
+    lazy = xr.DataArray(dsa.from_array(raw, chunks=2), dims=("sample", "head", "query", "key"))
+    out = attention_entropy(lazy)  # building the lazy result checks nothing yet ...
+    with pytest.raises(Err, match="from_logits=True"):
+        out.compute()  # ... computing it does, in each chunk
+    with pytest.raises(Err, match="from_logits=True"):
+        head_entropy(lazy).compute()
+    # as logits the same input is fine, and entropy stays within [0, ln 8]
+    e = attention_entropy(raw, from_logits=True).values
+    assert (e >= 0).all() and (e <= np.log(8) + 1e-9).all()
+    neg = np.full((2, 4), 0.25)
+    neg[0] = [0.5, 0.75, -0.25, 0.0]
+    with pytest.raises(Err, match=r"a value is -0\.25"):
+        attention_entropy(neg)
+
+
+def test_raw_arrays_dims_inferred_or_given():
+    p = np.full((3, 2, 5, 4), 0.25)
+    got = attention_entropy(p)
+    assert got.dims == ("sample", "head", "query")
+    np.testing.assert_allclose(got.values, np.log(4))
+    named = attention_entropy(p, dims=("batch", "h", "q", "key"))
+    assert named.dims == ("batch", "h", "q")
+    spec = attention_specialization(p)
+    assert float(spec["specialization_index"]) == pytest.approx(0.0)
+    assert head_entropy(p).dims == ("head",)
+    with pytest.raises(InputError, match="dims="):
+        attention_entropy(np.zeros((1,) * 6))
+    with pytest.raises(InputError, match="names 3"):
+        attention_entropy(p, dims=("a", "b", "key"))

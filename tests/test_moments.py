@@ -45,7 +45,7 @@ def planted(tmp_path: Path) -> ndt_store.Store:
 
 
 def test_index_mode_reproduces_study(real_store, shared_phase1):
-    moments = identify_moments(real_store, EXP, num_jumps=3, steps="index")
+    moments = identify_moments(real_store, EXP, num_jumps=3, steps="index", alpha=None)
     rows = published(shared_phase1)
     rows = rows[rows.experiment == EXP].to_dict("records")
     rows.sort(key=lambda r: r["magnitude"], reverse=True)  # the study's stable sort
@@ -61,8 +61,8 @@ def test_index_mode_reproduces_study(real_store, shared_phase1):
 
 def test_train_mode_uses_training_steps(real_store, shared_phase1):
     steps = json_steps(shared_phase1, EXP)
-    idx = identify_moments(real_store, EXP, num_jumps=3, steps="index")
-    train = identify_moments(real_store, EXP, num_jumps=3, steps="train")
+    idx = identify_moments(real_store, EXP, num_jumps=3, steps="index", alpha=None)
+    train = identify_moments(real_store, EXP, num_jumps=3, steps="train", alpha=None)
     assert [m.index for m in train] == [min(m.index, len(steps) - 1) for m in idx]
     assert [m.step for m in train] == [steps[m.index] for m in train]
     assert [m.train_step for m in train] == [m.step for m in train]
@@ -104,12 +104,17 @@ def test_table_source_and_alpha_filter():
     assert [m.step for m in got if m.moment_type == "during_jump"] == [7, 40]
     with pytest.raises(InputError, match="store"):
         jump_moments(table, "r", steps="train")
+    for bad in (0.0, 1.0, 2.0, -1.0):
+        with pytest.raises(InputError, match="alpha"):
+            jump_moments(table, "r", steps="index", alpha=bad)
 
 
 def test_ties_keep_table_order():
     table = pd.DataFrame({"experiment": ["r"] * 3, "step": [9, 4, 6], "magnitude": [1.0] * 3})
-    got = jump_moments(table, "r", num_jumps=3, steps="index")
+    got = jump_moments(table, "r", num_jumps=3, steps="index", alpha=None)
     assert [m.step for m in got if m.moment_type == "during_jump"] == [9, 4, 6]
+    with pytest.raises(InputError, match="p_value"):  # significance is the default
+        jump_moments(table, "r", steps="index")
 
 
 def test_unknown_experiment(real_store):
@@ -165,7 +170,7 @@ def test_period_moments_match_numpy(real_store, shared_phase1, exp):
 
 
 def test_identify_moments_with_periods(real_store):
-    got = identify_moments(real_store, EXP, num_jumps=1, num_periods=2)
+    got = identify_moments(real_store, EXP, num_jumps=1, num_periods=2, alpha=None)
     assert [m.moment_type for m in got] == [
         "before_jump",
         "during_jump",
@@ -177,7 +182,7 @@ def test_identify_moments_with_periods(real_store):
 
 def test_store_jumps_reproduce_published(real_store, shared_phase1):
     pub = published(shared_phase1).sort_values(["experiment", "layer", "step"], kind="stable")
-    got = store_jumps(real_store)
+    got = store_jumps(real_store, phase="index")
     assert len(got) == len(pub)
     for col in ("step", "layer", "experiment", "direction", "phase_category", "cluster"):
         assert got[col].tolist() == pub[col].tolist(), col
@@ -213,3 +218,49 @@ def test_moment_dataclass_matches_study_fields():
         None,
     )
     assert m == CriticalMoment("run", 5, "before_jump", index=1, train_step=5)
+
+
+def test_degenerate_metric_warns_and_gives_no_moments(real_store):
+    """mlp_narrow_mnist's stable rank spans 1e-12: warned as degenerate, never analysed."""
+    from ndt_store.measures.dynamics import DegenerateMetricWarning
+
+    with pytest.warns(DegenerateMetricWarning, match="stable_rank is degenerate") as rec:
+        got = identify_moments(real_store, "mlp_narrow_mnist", num_jumps=3)
+    assert got == []
+    assert "participation_ratio" in str(rec[0].message)
+    assert "effective_rank_90" in str(rec[0].message)
+
+
+def test_metric_participation_ratio_gives_significant_moments(real_store):
+    got = identify_moments(
+        real_store, "mlp_narrow_mnist", num_jumps=3, metric="participation_ratio"
+    )
+    during = [m for m in got if m.moment_type == "during_jump"]
+    assert during, "participation ratio moves: some jump is significant"
+    assert all(m.jump_info["significant"] and m.jump_info["p_value"] <= 0.05 for m in during)
+    table = store_jumps(real_store, ["mlp_narrow_mnist"], metric="participation_ratio")
+    row = table[(table["index"] == during[0].index) & (table.layer == during[0].jump_info["layer"])]
+    assert len(row) == 1 and row.magnitude.iloc[0] == pytest.approx(
+        during[0].jump_info["magnitude"]
+    )
+    with pytest.raises(InputError, match="no metric 'nope'"):
+        identify_moments(real_store, "mlp_narrow_mnist", metric="nope")
+
+
+def test_include_nonsignificant_labels_them(planted):
+    sig = identify_moments(planted, "run", num_jumps=50, offset=1)
+    every = identify_moments(planted, "run", num_jumps=50, offset=1, include_nonsignificant=True)
+    flags = [m.jump_info["significant"] for m in every if m.moment_type == "during_jump"]
+    assert len(every) > len(sig) and not all(flags) and any(flags)
+    # significant jumps come first
+    assert flags == sorted(flags, reverse=True)
+
+
+def test_store_periods_metric(real_store):
+    from ndt_store.measures.dynamics import critical_period_table
+
+    got = store_periods(real_store, ["mlp_narrow_mnist"], metric="participation_ratio")
+    ds = real_store.measurements(["mlp_narrow_mnist"]).compute()
+    want = critical_period_table(ds, variable="participation_ratio")
+    pd.testing.assert_frame_equal(got, want)
+    assert not got.equals(store_periods(real_store, ["mlp_narrow_mnist"]))

@@ -17,7 +17,22 @@ from ndt_store.cli import main
 from ndt_store.quickstart import MODELS, build_model, load_digits_split
 
 
-def test_quickstart_cli_reduced_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quickstart_cli_reduced_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ndt_store.plot._common import readability_problems
+
+    figures: list = []
+    import ndt_store.plot._common as common
+
+    real_finish = common.finish
+
+    def keep(fig, path, **kw):
+        figures.append((Path(path).name if path else "", fig))
+        return real_finish(fig, path, **kw)
+
+    for module in ("phase1", "weights", "attention"):
+        monkeypatch.setattr(f"ndt_store.plot.{module}.finish", keep)
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--steps", "60", "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -45,6 +60,35 @@ def test_quickstart_cli_reduced_steps(tmp_path: Path, capsys: pytest.CaptureFixt
     for link in links:
         assert (report / link).is_file(), link
     assert len(list(report.rglob("*.png"))) >= 3
+
+    # every figure reads at its real size
+    assert figures
+    for name, fig in figures:
+        assert readability_problems(fig) == [], name
+    # the summary comes first: all runs' summaries before any details
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections == ["## Summaries", "## Details"]
+    summaries = md.split("## Details")[0]
+    assert len(summaries.splitlines()) < 80
+    for name in MODELS:
+        assert f"### {name}" in summaries and "metric `stable_rank`" in summaries
+    # no non-significant moment presented as critical; when none is significant, it says so
+    for name in MODELS:
+        run = results["experiments"][name]
+        assert run["alpha"] == 0.05
+        assert all(e["significant"] for e in run["events"]), name
+        for m in run["moments"]:
+            if m["moment_type"] == "during_jump":
+                assert m["jump_info"]["significant"] and m["jump_info"]["p_value"] <= 0.05
+        if not run["events"]:
+            assert "No significant jump" in run["notice"] or "degenerate" in run["notice"]
+            run_md = (report / name / "comparison_report.md").read_text()
+            assert run["notice"].split(":")[0] in "\n".join(run_md.splitlines()[:6])
+
+    # run again: complete runs are reused, and it says so; --fresh trains again
+    assert main(["quickstart", "--out", str(out), "--steps", "60"]) == 0
+    err = capsys.readouterr().err
+    assert "reusing mlp_narrow_digits" in err and "--fresh" in err
 
 
 def test_models_and_data_offline() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import pytest
 
 import ndt_store
 from ndt_store.compare import compare_representations
+from ndt_store.errors import InputError
+from ndt_store.measures.dynamics import DegenerateMetricWarning
 from ndt_store.moments import identify_moments
-from ndt_store.report import jsonable, write_report
+from ndt_store.report import build_report, jsonable, write_report
 from ndt_store.testing import write_phase1_json
 
 
@@ -72,7 +75,7 @@ def test_report_files_and_values(rich_store, tmp_path):
     )
     md = (out / "comparison_report.md").read_text()
     assert f"{expected['loss_change']:.4f}" in md
-    assert "layer `fc2`" in md and "| fc2 |" in md
+    assert "| fc2 | 5.0286 |" in md  # the jump row: magnitude, then noise floor and p-value
     assert "![" in md and "run_loss_moments.png" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 6 and 'src="run_' not in html
@@ -81,16 +84,17 @@ def test_report_files_and_values(rich_store, tmp_path):
 
 def test_phase1_only_report_has_no_tensor_figures(real_store, tmp_path):
     written = write_report(
-        real_store, "transformer_deep_mnist", tmp_path / "r", num_jumps=1, steps="index"
-    )
+        real_store, "transformer_deep_mnist", tmp_path / "r", num_jumps=1,
+        metric="participation_ratio",
+    )  # fmt: skip
     assert sorted(written) == [
         "analysis_results.json",
         "comparison_report.md",
         "transformer_deep_mnist_loss_moments.png",
-        "transformer_deep_mnist_stable_rank_heatmap.png",
+        "transformer_deep_mnist_participation_ratio_heatmap.png",
     ]
     results = json.loads((tmp_path / "r" / "analysis_results.json").read_text())
-    assert round(results["comparisons"][0]["loss_change"], 4) == 0.1298
+    assert results["metric"] == "participation_ratio" and results["comparisons"]
 
 
 def test_crash_leaves_previous_report_intact(rich_store, tmp_path, monkeypatch):
@@ -132,3 +136,103 @@ def test_jsonable():
         "a": [1.5, None],
         "3": [0, 1],
     }
+
+
+def section_order(md: str) -> list[str]:
+    return [line for line in md.splitlines() if line.startswith("## ")]
+
+
+def test_summary_first_with_p_values_and_links(rich_store, tmp_path):
+    write_report(rich_store, "run", tmp_path / "r", num_jumps=1, figures=False)
+    md = (tmp_path / "r" / "comparison_report.md").read_text()
+    assert section_order(md)[0] == "## Summary"
+    summary = md.split("<!-- summary -->")[1].split("<!-- /summary -->")[0]
+    assert "| #1 | 145 (29) | `fc2` | 0.001 | yes | [details](#moment-1) |" in summary
+    assert "‖W₀‖" in summary and "[→](#interval-1)" in summary
+    assert len(summary.splitlines()) < 40  # one screen
+    for anchor in re.findall(r"\]\(#([^)]+)\)", md):
+        assert f'<a id="{anchor}"></a>' in md, anchor
+    results = json.loads((tmp_path / "r" / "analysis_results.json").read_text())
+    (event,) = results["events"]
+    assert event["p_value"] == pytest.approx(0.001) and event["significant"]
+    assert event["jumps"][0]["noise_floor"] > 0
+
+
+def test_each_record_pair_once_and_steps_used(rich_store, tmp_path):
+    """Overlapping jump windows: the same pair of records is compared and shown once."""
+    results = build_report(rich_store, "run", num_jumps=3, offset=10, include_nonsignificant=True)
+    keys = [(c["step_before"], c["step_after"]) for c in results["comparisons"]]
+    assert len(keys) == len(set(keys))
+    moments = [(m.moment_type, m.index) for m in results["moments"]]
+    assert len(moments) == len(set(moments))
+    snap = results["snapshot_comparisons"][0]
+    assert snap["steps_used"]["phase1"] == {
+        "before": 100,
+        "after": 150,
+        "distance_before": 0,
+        "distance_after": 0,
+    }
+    moment_pair = results["comparisons"][0]
+    assert moment_pair["steps_used"]["weights"]["before"] is None  # no snapshot at 95/145
+    assert "weights" not in moment_pair
+
+
+def test_snapshot_interval_never_mixes_steps(tmp_path):
+    """Snapshots off the Phase 1 grid: the Phase 1 part is left out, not taken 4 steps away."""
+    store = ndt_store.open_store(tmp_path / "s.zarr")
+    ndt_store.ingest_phase1(store, write_phase1_json(tmp_path / "run.json", n_records=30))
+    rng = np.random.default_rng(1)
+    for step in (1, 99):
+        store.write_snapshot("run", step, weights={"w": rng.normal(size=(3, 3))})
+    results = build_report(store, "run", num_jumps=0)
+    (c,) = results["snapshot_comparisons"]
+    assert c["layer_changes"] == {} and c["steps_used"]["phase1"]["nearest"] == [0, 100]
+    assert c["steps_used"]["weights"]["before"] == 1
+
+
+def test_nothing_significant_is_said_first(tmp_path):
+    store = ndt_store.open_store(tmp_path / "s.zarr")
+    ndt_store.ingest_phase1(store, write_phase1_json(tmp_path / "run.json", n_records=60))
+    write_report(store, "run", tmp_path / "r", figures=False)
+    md = (tmp_path / "r" / "comparison_report.md").read_text()
+    first = "\n".join(md.splitlines()[:5])
+    assert "No significant jump" in first and "p-value above α = 0.05" in first
+    assert "## Moments" not in md
+    write_report(store, "run", tmp_path / "r2", figures=False, include_nonsignificant=True)
+    md = (tmp_path / "r2" / "comparison_report.md").read_text()
+    assert "No significant jump" in md and "| **no** |" in md and "no (not significant)" in md
+
+
+def test_alpha_outside_unit_interval_is_refused(rich_store, tmp_path):
+    for alpha in (0, 1, 2, -0.5):
+        with pytest.raises(InputError, match="alpha"):
+            write_report(rich_store, "run", tmp_path / "r", alpha=alpha)
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_is_a_file(rich_store, tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        write_report(rich_store, "run", target / "sub", figures=False)
+    with pytest.raises(InputError, match="is a file"):
+        write_report(rich_store, "run", target, figures=False)
+
+
+def test_degenerate_metric_on_real_run(real_store, tmp_path):
+    """mlp_narrow_mnist: stable rank spans 1e-12; the report says so and names what varies."""
+    with pytest.warns(DegenerateMetricWarning):
+        write_report(real_store, "mlp_narrow_mnist", tmp_path / "r", figures=False)
+    md = (tmp_path / "r" / "comparison_report.md").read_text()
+    first = "\n".join(md.splitlines()[:6])
+    assert "stable_rank is degenerate" in first
+    assert "participation_ratio" in first and "nuclear_norm_ratio" in first
+    assert "## Moments" not in md and "0.0000 |" not in md
+    write_report(
+        real_store, "mlp_narrow_mnist", tmp_path / "p", metric="participation_ratio", figures=False
+    )
+    md = (tmp_path / "p" / "comparison_report.md").read_text()
+    assert "metric `participation_ratio`" in md and "## Moments" in md
+    assert "degenerate" not in md.split("## Summary")[0]
+    results = json.loads((tmp_path / "p" / "analysis_results.json").read_text())
+    assert results["events"] and all(e["significant"] for e in results["events"])

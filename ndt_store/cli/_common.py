@@ -57,3 +57,131 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+HEARTBEAT_SECONDS = 5.0
+"""Seconds between progress lines when standard error is not a terminal."""
+HEARTBEAT_DELAY = 2.0
+"""Seconds before the first progress line: quick commands (and quick errors) print none."""
+
+
+def is_terminal(stream: Any = None) -> bool:
+    """Whether ``stream`` (default standard error) is an interactive terminal."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class heartbeat:
+    """Progress of a command that can take more than a few seconds.
+
+    Nothing is shown for the first :data:`HEARTBEAT_DELAY` seconds. Then, on a
+    terminal one status line is rewritten in place (stage and elapsed time);
+    otherwise (output piped or logged) a plain line is printed when a stage
+    starts and every :data:`HEARTBEAT_SECONDS`, never thousands of carriage
+    returns. The context value is a function taking the current stage.
+    ``bar=True``: the command draws its own progress bar on a terminal, so
+    the heartbeat is silent there.
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> with heartbeat("report", stream=out, interval=60, delay=0) as say:
+    ...     say("analysing run")
+    >>> out.getvalue().splitlines()[0]
+    'report: analysing run'
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        stream: Any = None,
+        interval: float | None = None,
+        bar: bool = False,
+        delay: float | None = None,
+    ) -> None:
+        import threading
+
+        self.delay = HEARTBEAT_DELAY if delay is None else delay
+        interval = HEARTBEAT_SECONDS if interval is None else interval
+        self.name = name
+        self.stream = sys.stderr if stream is None else stream
+        self.interval = interval
+        self.tty = is_terminal(self.stream)
+        self.silent = bar and self.tty
+        self.stage = "starting"
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start = 0.0
+
+    def _line(self, note: str = "") -> None:
+        import time
+
+        elapsed = time.monotonic() - self._start
+        if self.silent or elapsed < self.delay:
+            return
+        text = f"{self.name}: {self.stage}{note}"
+        with self._lock:
+            if self.tty:
+                self.stream.write(f"\r\033[K{text} ({elapsed:.0f} s)")
+            else:
+                self.stream.write(f"{text}" + (f" ({elapsed:.0f} s)" if note else "") + "\n")
+            self.stream.flush()
+
+    def _run(self) -> None:
+        if self.delay > 0:
+            if self._stop.wait(self.delay):
+                return
+            self._line()
+        while not self._stop.wait(1.0 if self.tty else self.interval):
+            self._line(" ..." if not self.tty else "")
+
+    def __call__(self, stage: str) -> None:
+        self.stage = stage
+        self._line()
+
+    def __enter__(self) -> heartbeat:
+        import time
+
+        self._start = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import time
+
+        self._stop.set()
+        self._thread.join()
+        if self.tty and not self.silent and time.monotonic() - self._start >= self.delay:
+            with self._lock:
+                self.stream.write("\r\033[K")
+                self.stream.flush()
+
+
+class removed_if_failed:
+    """Remove a local store this command created if the command then fails.
+
+    A command such as ``ingest phase1 README.md --store new.zarr`` must not
+    leave an empty ``new.zarr`` behind when the input is refused. Stores that
+    existed before, and remote ones, are never touched.
+    """
+
+    def __init__(self, location: str) -> None:
+        from pathlib import Path
+
+        self.path = None if "://" in str(location) else Path(location)
+        self.existed = self.path is None or self.path.exists()
+
+    def __enter__(self) -> removed_if_failed:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None and not self.existed and self.path is not None:
+            import shutil
+
+            shutil.rmtree(self.path, ignore_errors=True)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from ndt_store.cli._common import add_store, print_table
+from ndt_store.cli._common import (
+    add_store,
+    heartbeat,
+    is_terminal,
+    print_table,
+    removed_if_failed,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -103,14 +108,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _ingest_phase1(args: argparse.Namespace) -> int:
     import ndt_store
 
-    store = ndt_store.open_store(args.store, mode="a")
-    result = ndt_store.ingest_phase1(
-        store,
-        args.source,
-        overwrite=args.overwrite,
-        allow_nonfinite=args.allow_nonfinite,
-        progress=sys.stderr.isatty(),
-    )
+    with removed_if_failed(args.store), heartbeat("ingest", bar=True) as say:
+        store = ndt_store.open_store(args.store, mode="a")
+        say(f"reading {args.source}")
+        result = ndt_store.ingest_phase1(
+            store,
+            args.source,
+            overwrite=args.overwrite,
+            allow_nonfinite=args.allow_nonfinite,
+            progress=is_terminal(),
+        )
     for name, status in result.items():
         print(f"{status:9s} {name}")
     if not args.no_tables:
@@ -138,16 +145,18 @@ def _ingest_checkpoints(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(scan_checkpoints(args.source, max_bytes=args.max_bytes).describe())
         return 0
-    store = ndt_store.open_store(args.store, mode="a")
-    result = ingest_checkpoints(
-        store,
-        args.source,
-        experiment=args.experiment,
-        overwrite=args.overwrite,
-        progress=sys.stderr.isatty(),
-        max_bytes=args.max_bytes,
-        history=not args.no_history,
-    )
+    with removed_if_failed(args.store), heartbeat("ingest", bar=True) as say:
+        store = ndt_store.open_store(args.store, mode="a")
+        say(f"reading checkpoints in {args.source}")
+        result = ingest_checkpoints(
+            store,
+            args.source,
+            experiment=args.experiment,
+            overwrite=args.overwrite,
+            progress=is_terminal(),
+            max_bytes=args.max_bytes,
+            history=not args.no_history,
+        )
     for step, status in result.items():
         print(f"{status:9s} {args.experiment} step {step}")
     return 0
@@ -160,10 +169,12 @@ def _ingest_tables(args: argparse.Namespace) -> int:
 
     if not args.jumps and not args.periods:
         raise InputError("give --jumps CSV and/or --periods CSV")
-    store = ndt_store.open_store(args.store, mode="a")
-    for name, status in ingest_tables(
-        store, jumps=args.jumps, periods=args.periods, overwrite=args.overwrite
-    ).items():
+    with removed_if_failed(args.store):
+        store = ndt_store.open_store(args.store, mode="a")
+        written = ingest_tables(
+            store, jumps=args.jumps, periods=args.periods, overwrite=args.overwrite
+        )
+    for name, status in written.items():
         print(f"{status:9s} table {name}")
     return 0
 

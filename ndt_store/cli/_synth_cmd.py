@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ndt_store.cli._common import add_store
+from ndt_store.cli._common import add_store, heartbeat, is_terminal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,15 +64,18 @@ def _synth(args: argparse.Namespace) -> int:
         records=args.records,
     )
     start = time.perf_counter()
-    store = synth_store(
-        args.store,
-        **sizes,
-        kinds=kinds,
-        seed=args.seed,
-        causal=args.causal,
-        progress=not args.no_progress,
-        workers=args.threads,
-    )
+    bar = not args.no_progress and is_terminal()  # a bar on a terminal, lines in logs
+    with heartbeat("synth", bar=True) if not args.no_progress else _quiet() as say:
+        say(f"writing {args.experiments} experiments")
+        store = synth_store(
+            args.store,
+            **sizes,
+            kinds=kinds,
+            seed=args.seed,
+            causal=args.causal,
+            progress=bar,
+            workers=args.threads,
+        )
     elapsed = time.perf_counter() - start
     nbytes = synth_nbytes(**sizes, kinds=kinds)
     print(
@@ -80,3 +83,16 @@ def _synth(args: argparse.Namespace) -> int:
         f"{store.location} in {elapsed:.1f} s"
     )
     return 0
+
+
+class _quiet:
+    """No progress at all (``--no-progress``)."""
+
+    def __enter__(self) -> _quiet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __call__(self, stage: str) -> None:
+        return None

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from ndt_store.cli._common import add_store
+from ndt_store.cli._common import add_store, heartbeat
 
 PLAIN_EVERY_S = 5.0
 """Seconds between progress lines when stderr is not a terminal (logs, CI)."""
@@ -57,11 +57,13 @@ class _Progress:
 def _verify(args: argparse.Namespace) -> int:
     import ndt_store
 
-    report = ndt_store.verify_store(
-        ndt_store.open_store(args.store, mode="r"),
-        strict=args.strict,
-        workers=args.threads,
-        progress=None if args.no_progress else _Progress(sys.stderr),
-    )
+    with heartbeat("verify") as say:
+        say(f"reading every committed unit of {args.store}")
+        report = ndt_store.verify_store(
+            ndt_store.open_store(args.store, mode="r"),
+            strict=args.strict,
+            workers=args.threads,
+            progress=None if args.no_progress else _Progress(sys.stderr),
+        )
     print(report.format())
     return 0 if report.ok else 1

@@ -7,9 +7,11 @@ return values. Each method converts its inputs, forwards to
 
 The study's experiments directory (``new/results/phase1_full/*.json`` and the
 published CSV tables under ``mechanistic_interpretability/results/``) is
-ingested into a store once, by default ``<experiments_dir>/ndt_store.zarr``;
-later calls re-open that store without reading the JSON again. A store (or a
-store path) may be passed instead of a directory.
+ingested into a store once, kept in a cache folder (never inside the
+experiments directory): ``cache_dir=`` or the ``NDT_STORE_CACHE`` environment
+variable name it, by default ``~/.cache/ndt_store`` (``$XDG_CACHE_HOME`` when
+set); later calls re-open that store without reading the JSON again. A store
+(or a store path) may be passed instead of a directory.
 
 The study's quirk is reproduced by default: the published jump ``step`` is a
 record index, and ``identify_moments`` shifts it by 10 and returns it as
@@ -20,7 +22,9 @@ also carries ``index`` and ``train_step``. See ``docs/legacy-api.md``.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +52,12 @@ __all__ = [
     "CheckpointManager",
     "CriticalMoment",
     "Phase2Infrastructure",
+    "default_cache_dir",
     "open_legacy_store",
 ]
 
-DEFAULT_STORE_NAME = "ndt_store.zarr"
-"""Store created inside a legacy experiments directory on first use."""
+CACHE_ENV = "NDT_STORE_CACHE"
+"""Environment variable naming the cache folder of legacy stores."""
 LEGACY_OFFSET = 10
 """Shift of the study's before/after moments (applied to the record index)."""
 
@@ -84,17 +89,44 @@ def _is_store_dir(path: Path) -> bool:
     return meta.is_file() and "ndt_store" in meta.read_text(encoding="utf-8", errors="replace")
 
 
+def default_cache_dir() -> Path:
+    """Folder of the stores ingested from legacy directories.
+
+    ``$NDT_STORE_CACHE`` if set, else ``$XDG_CACHE_HOME/ndt_store``, else
+    ``~/.cache/ndt_store``.
+
+    Examples
+    --------
+    >>> default_cache_dir().name in ("ndt_store", os.environ.get(CACHE_ENV, "ndt_store"))
+    True
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "ndt_store"
+
+
+def _cached_store_path(src: Path, cache_dir: str | os.PathLike[str] | None) -> Path:
+    """``<cache>/<dir name>-<hash of its absolute path>.zarr``: one store per directory."""
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    digest = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:12]
+    return folder / f"{src.resolve().name or 'root'}-{digest}.zarr"
+
+
 def open_legacy_store(
     source: Store | str | os.PathLike[str],
     *,
     store_path: str | os.PathLike[str] | None = None,
     reingest: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Store:
     """A store for ``source``: a store, a store path, or a legacy experiments directory.
 
     A legacy directory is ingested (Phase 1 JSON and the published tables) into
-    ``store_path`` (default ``<source>/ndt_store.zarr``) the first time only;
-    later calls re-open it. ``reingest=True`` reads the directory again
+    ``store_path`` (default: a store named after the directory in ``cache_dir``,
+    see :func:`default_cache_dir`) the first time only; later calls re-open it.
+    Nothing is written into ``source``. If ingesting fails, the store it was
+    creating is removed again. ``reingest=True`` reads the directory again
     (unchanged experiments are skipped by content hash).
 
     Examples
@@ -103,7 +135,7 @@ def open_legacy_store(
     >>> from ndt_store.testing import write_phase1_json
     >>> root = Path(tempfile.mkdtemp())
     >>> _ = write_phase1_json(root / "new/results/phase1_full/run.json", n_records=20)
-    >>> open_legacy_store(root).experiments()
+    >>> open_legacy_store(root, cache_dir=tempfile.mkdtemp()).experiments()
     ['run']
     """
     if isinstance(source, Store):
@@ -113,21 +145,26 @@ def open_legacy_store(
         return open_store(source, mode="a")
     if not src.is_dir():
         raise NotFoundError(f"no store or experiments directory at {str(src)!r}")
-    target = Path(store_path) if store_path is not None else src / DEFAULT_STORE_NAME
-    existed = _is_store_dir(target)
+    target = Path(store_path) if store_path is not None else _cached_store_path(src, cache_dir)
+    existed = target.exists()
     store = open_store(target, mode="a")
-    if existed and store.experiments() and not reingest:
+    if _is_store_dir(target) and store.experiments() and not reingest:
         return store
-    json_dir = src / LEGACY_PHASE1_DIR
-    ingest_phase1(store, json_dir if json_dir.is_dir() else src)
-    found = find_tables(src)
-    if found:
-        ingest_tables(
-            store,
-            jumps=found.get("published_jumps"),
-            periods=found.get("published_critical_periods"),
-            overwrite=True,
-        )
+    try:
+        json_dir = src / LEGACY_PHASE1_DIR
+        ingest_phase1(store, json_dir if json_dir.is_dir() else src)
+        found = find_tables(src)
+        if found:
+            ingest_tables(
+                store,
+                jumps=found.get("published_jumps"),
+                periods=found.get("published_critical_periods"),
+                overwrite=True,
+            )
+    except BaseException:
+        if not existed:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     return store
 
 
@@ -144,8 +181,9 @@ class CheckpointManager:
     ----------
     experiments_dir
         A legacy experiments directory, a store path, or a :class:`Store`.
-    store_path
-        Where to ingest a legacy directory (default ``<dir>/ndt_store.zarr``).
+    store_path, cache_dir
+        Where to ingest a legacy directory (see :func:`open_legacy_store`;
+        default: a store in the cache folder, never inside the directory).
     """
 
     def __init__(
@@ -153,8 +191,9 @@ class CheckpointManager:
         experiments_dir: Store | str | os.PathLike[str],
         *,
         store_path: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.store = open_legacy_store(experiments_dir, store_path=store_path)
+        self.store = open_legacy_store(experiments_dir, store_path=store_path, cache_dir=cache_dir)
         local = None if isinstance(experiments_dir, Store) else Path(experiments_dir)
         self.experiments_dir = local
         self.measurements_dir = None if local is None else local / LEGACY_PHASE1_DIR
@@ -188,6 +227,7 @@ class CheckpointManager:
             offset=LEGACY_OFFSET,
             steps=steps,
             jumps=_jump_frame(jump_data),
+            alpha=None,  # the study's selection: every z-score jump of the table
         )
         if not moments:
             print(f"No jumps found for {experiment_name}")
@@ -263,8 +303,9 @@ class Phase2Infrastructure:
     ----------
     experiments_dir
         The study's experiments directory, a store path, or a :class:`Store`.
-    store_path
-        Where to ingest a legacy directory (default ``<dir>/ndt_store.zarr``).
+    store_path, cache_dir
+        Where to ingest a legacy directory (see :func:`open_legacy_store`;
+        default: a store in the cache folder, never inside the directory).
 
     Examples
     --------
@@ -273,7 +314,7 @@ class Phase2Infrastructure:
     >>> root = Path(tempfile.mkdtemp())
     >>> _ = write_phase1_json(root / "new/results/phase1_full/run.json", n_records=60,
     ...                       jumps=[("fc2", 30, 5.0)])
-    >>> infra = Phase2Infrastructure(root)  # doctest: +ELLIPSIS
+    >>> infra = Phase2Infrastructure(root, cache_dir=tempfile.mkdtemp())  # doctest: +ELLIPSIS
     Jump data not found in ... (jumps will be computed)
     >>> moments = infra.identify_moments("run", num_jumps=1, steps="train")
     >>> result = infra.compare_representations(moments[0], moments[2])
@@ -286,8 +327,11 @@ class Phase2Infrastructure:
         experiments_dir: Store | str | os.PathLike[str],
         *,
         store_path: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.checkpoint_manager = CheckpointManager(experiments_dir, store_path=store_path)
+        self.checkpoint_manager = CheckpointManager(
+            experiments_dir, store_path=store_path, cache_dir=cache_dir
+        )
         self.store = self.checkpoint_manager.store
         self.measurements = MeasurementTools()
         self.visualizations = VisualizationTools()
@@ -315,8 +359,9 @@ class Phase2Infrastructure:
         """
         if not self.jump_data:
             return identify_moments(
-                self.store, experiment_name, num_jumps=num_jumps, offset=LEGACY_OFFSET, steps=steps
-            )
+                self.store, experiment_name, num_jumps=num_jumps, offset=LEGACY_OFFSET,
+                steps=steps, alpha=None,
+            )  # fmt: skip
         return self.checkpoint_manager.identify_critical_moments(
             experiment_name, self.jump_data, num_jumps, steps=steps
         )

@@ -3,6 +3,13 @@
 Stored attention is ``(step, sample, head, query, key)`` probabilities (each row
 sums to one over ``key``). Every function here reduces named dims, keeps the rest
 and stays lazy on dask-backed input.
+
+Inputs are checked: probability rows must sum to one (within
+:data:`ROW_SUM_TOLERANCE`) and be non-negative, else an
+:class:`~ndt_store.errors.InputError` says so and points at
+``from_logits=True``; on dask input the check runs inside each chunk's task.
+Raw arrays (numpy, dask, torch) are accepted too: name their dims with
+``dims=`` or let them be inferred from their number (:data:`INFERRED_DIMS`).
 """
 
 from __future__ import annotations
@@ -14,18 +21,58 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ndt_store._dims import EXPERIMENT, HEAD, KEY, LAYER, STEP
+from ndt_store._dims import EXPERIMENT, HEAD, KEY, LAYER, QUERY, SAMPLE, STEP
 from ndt_store._frame import chunk_reduce
 from ndt_store._kernels import attention as _k
 from ndt_store.errors import InputError
+from ndt_store.measures._labeled import as_labeled
 
-__all__ = ["attention_entropy", "attention_specialization", "head_entropy"]
+__all__ = [
+    "INFERRED_DIMS",
+    "ROW_SUM_TOLERANCE",
+    "attention_entropy",
+    "attention_specialization",
+    "head_entropy",
+]
+
+ROW_SUM_TOLERANCE = 1e-3
+"""How far from 1 a probability row may sum (float16/float32 softmax outputs pass)."""
+
+INFERRED_DIMS: dict[int, tuple[Hashable, ...]] = {
+    1: (KEY,),
+    2: (QUERY, KEY),
+    3: (HEAD, QUERY, KEY),
+    4: (SAMPLE, HEAD, QUERY, KEY),
+    5: (STEP, SAMPLE, HEAD, QUERY, KEY),
+}
+"""Dims given to a raw attention array by its number of dims (``[batch, heads, q, k]``...)."""
+
+
+def _check_rows(x: np.ndarray, axis: int) -> None:
+    """Probability rows along ``axis`` must be non-negative and sum to one."""
+    if x.size == 0:
+        return
+    sums = np.add.reduce(x, axis=axis, dtype=np.float64)
+    bad = np.abs(sums - 1.0) > ROW_SUM_TOLERANCE
+    low = float(np.min(x))
+    if bad.any() or low < -ROW_SUM_TOLERANCE:
+        worst = float(sums[bad][np.argmax(np.abs(sums[bad] - 1.0))]) if bad.any() else 1.0
+        what = f"a row sums to {worst:.4g}" if bad.any() else f"a value is {low:.4g}"
+        raise InputError(
+            f"attention rows are not probabilities ({what}; each row must sum to 1 within "
+            f"{ROW_SUM_TOLERANCE:g}): pass from_logits=True for pre-softmax scores, or "
+            "normalise the rows",
+            field="attn",
+        )
+
 
 DEFAULT_KEEP: tuple[Hashable, ...] = (EXPERIMENT, STEP, LAYER)
 """Dims :func:`attention_specialization` keeps by default (those present)."""
 
 
 def _entropy_block(x: Any, from_logits: bool) -> Any:
+    if not from_logits:
+        _check_rows(x, -1)
     return _k.entropy(x, axis=-1, from_logits=from_logits)[..., None]
 
 
@@ -45,11 +92,17 @@ def _entropy_any(x: Any, *, from_logits: bool = False) -> Any:
             dtype=_k.float_dtype(x.dtype),
         )
         return kept[..., 0]
+    if not from_logits:
+        _check_rows(np.asarray(x), -1)
     return _k.entropy(x, axis=-1, from_logits=from_logits)
 
 
 def attention_entropy(
-    attn: xr.DataArray, *, dim: Hashable = KEY, from_logits: bool = False
+    attn: Any,
+    *,
+    dim: Hashable = KEY,
+    from_logits: bool = False,
+    dims: tuple[Hashable, ...] | None = None,
 ) -> xr.DataArray:
     """Shannon entropy (nats) of every attention row over ``dim``.
 
@@ -60,11 +113,16 @@ def attention_entropy(
     Parameters
     ----------
     attn
-        Attention probabilities, e.g. ``(step, sample, head, query, key)``.
+        Attention probabilities, e.g. ``(step, sample, head, query, key)``: a
+        DataArray, or a raw numpy/dask array or torch tensor (see ``dims``).
+        Rows that do not sum to one raise :class:`InputError`.
     dim
         Dim each distribution lies along; it is removed from the result.
     from_logits
         Treat ``attn`` as logits and apply a softmax first.
+    dims
+        Dim names of a raw array; default inferred from its number of dims
+        (:data:`INFERRED_DIMS`: 4 dims are ``(sample, head, query, key)``).
 
     Returns
     -------
@@ -78,7 +136,10 @@ def attention_entropy(
     >>> p = xr.DataArray(np.full((2, 4), 0.25), dims=("query", "key"))
     >>> attention_entropy(p).round(6).values.tolist()  # ln 4
     [1.386294, 1.386294]
+    >>> attention_entropy(np.full((2, 4), 0.25)).dims  # a raw array: dims inferred
+    ('query',)
     """
+    attn = as_labeled(attn, dims=dims, inferred=INFERRED_DIMS, what="attn")
     if dim not in attn.dims:
         raise InputError(
             f"attention has no dim {dim!r} (dims {attn.dims!r})", field="dim", value=dim
@@ -102,6 +163,8 @@ def _mean_entropy_block(
     x: np.ndarray, *, key_axis: int, avg_axes: tuple[int, ...], from_logits: bool
 ) -> np.ndarray:
     """Row entropy over ``key_axis``, then the mean over ``avg_axes`` (of ``x``)."""
+    if not from_logits:
+        _check_rows(x, key_axis)
     e = _k.entropy(x, axis=key_axis, from_logits=from_logits)
     axes = tuple(a - (a > key_axis) for a in avg_axes)
     if not axes:
@@ -116,12 +179,13 @@ def _keep_tuple(keep: Hashable | Iterable[Hashable]) -> tuple[Hashable, ...]:
 
 
 def head_entropy(
-    attn: xr.DataArray,
+    attn: Any,
     *,
     head_dim: Hashable = HEAD,
     keep: Hashable | Iterable[Hashable] = DEFAULT_KEEP,
     dim: Hashable = KEY,
     from_logits: bool = False,
+    dims: tuple[Hashable, ...] | None = None,
 ) -> xr.DataArray:
     """Mean attention entropy per head: per (experiment, step, layer, head) by default.
 
@@ -139,7 +203,7 @@ def head_entropy(
         Attention probabilities, e.g. ``(step, sample, head, query, key)``.
     head_dim, keep
         Dims kept: ``head_dim`` and each ``keep`` dim present; the rest are averaged.
-    dim, from_logits
+    dim, from_logits, dims
         As in :func:`attention_entropy`.
 
     Returns
@@ -156,6 +220,7 @@ def head_entropy(
     >>> head_entropy(a).round(6).values.tolist()
     [1.386294, 0.0]
     """
+    attn = as_labeled(attn, dims=dims, inferred=INFERRED_DIMS, what="attn")
     for name, d in (("dim", dim), ("head_dim", head_dim)):
         if d not in attn.dims:
             raise InputError(
@@ -194,12 +259,13 @@ def head_entropy(
 
 
 def attention_specialization(
-    attn: xr.DataArray,
+    attn: Any,
     *,
     head_dim: Hashable = HEAD,
     keep: Hashable | Iterable[Hashable] = DEFAULT_KEEP,
     dim: Hashable = KEY,
     from_logits: bool = False,
+    dims: tuple[Hashable, ...] | None = None,
 ) -> xr.Dataset:
     """How differently the heads attend: spread of the per-head mean entropies.
 
@@ -216,7 +282,7 @@ def attention_specialization(
         Dim of the heads.
     keep
         Dims to keep (each present one); all others but ``head_dim`` are averaged.
-    dim, from_logits
+    dim, from_logits, dims
         As in :func:`attention_entropy`.
 
     Returns
@@ -235,6 +301,7 @@ def attention_specialization(
     >>> float(attention_specialization(a)["specialization_index"].round(6))  # ln 4
     1.386294
     """
+    attn = as_labeled(attn, dims=dims, inferred=INFERRED_DIMS, what="attn")
     if head_dim not in attn.dims:
         raise InputError(
             f"attention has no head dim {head_dim!r} (dims {attn.dims!r})",

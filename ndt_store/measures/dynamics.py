@@ -13,7 +13,9 @@ never creates a value and never enters a count or a mean. See
 from __future__ import annotations
 
 import itertools
-from typing import Any
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import dask
 import numpy as np
@@ -28,13 +30,14 @@ from ndt_store._dims import (
     LAYER,
     LOSS,
     NUM_STEPS,
+    PHASE1_METRICS,
     PUBLISHED_JUMP_COLUMNS,
     PUBLISHED_PERIOD_COLUMNS,
     STABLE_RANK,
     STEP,
 )
 from ndt_store._kernels import dynamics as _k
-from ndt_store.errors import InputError
+from ndt_store.errors import InputError, NdtStoreWarning
 from ndt_store.measures.significance import (
     DEFAULT_ALPHA,
     DEFAULT_FLOOR_ULPS,
@@ -44,22 +47,41 @@ from ndt_store.measures.significance import (
 )
 
 __all__ = [
+    "DEGENERATE_RTOL",
     "JUMP_COLUMNS",
+    "DegenerateMetricWarning",
+    "PhaseMode",
     "acceleration",
+    "check_alpha",
     "coordination",
     "critical_period_table",
     "critical_periods",
     "detect_jumps",
     "jump_table",
     "loss_correlation",
+    "metric_variation",
     "phase1_tables",
     "record_steps",
     "transitions",
+    "varying_metrics",
     "velocity",
+    "warn_if_degenerate",
 ]
+
+PhaseMode = Literal["train", "index"]
+"""How a jump's ``phase`` is computed: from its training step or its record index."""
+
+DEGENERATE_RTOL = 1e-6
+"""A series whose range is below this share of its largest value does not move.
+
+Metrics are computed in float32 or float64 from model weights; changes under a
+millionth of the metric's own size are numerical noise, not training dynamics.
+"""
 
 JUMP_COLUMNS: tuple[str, ...] = (
     *PUBLISHED_JUMP_COLUMNS,
+    "index_phase",
+    "index_phase_category",
     "index",
     "train_step",
     "z",
@@ -68,11 +90,151 @@ JUMP_COLUMNS: tuple[str, ...] = (
     "noise_floor",
     "significant",
 )
-"""Columns of :func:`jump_table`: the published ones (less ``cluster``), then the additions."""
+"""Columns of :func:`jump_table`: the published ones (less ``cluster``), then the additions.
+
+``phase`` / ``phase_category`` follow the table's ``phase`` option (training
+step by default); ``index_phase`` / ``index_phase_category`` always hold the
+published formula, record index over ``num_steps``.
+"""
 
 CRITICAL_COLUMNS: tuple[str, ...] = PUBLISHED_PERIOD_COLUMNS
 
 _BLOCK_EXPERIMENTS = 256  # experiments per block when a table is built from in-memory data
+
+
+class DegenerateMetricWarning(NdtStoreWarning):
+    """A metric does not move over a run (its range is below its noise floor)."""
+
+
+def check_alpha(alpha: float) -> float:
+    """``alpha`` as a float if it is a family-wise level in (0, 1), else :class:`InputError`.
+
+    Examples
+    --------
+    >>> check_alpha(0.05)
+    0.05
+    """
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise InputError("alpha must be a number in (0, 1)", field="alpha", value=alpha) from None
+    if not 0.0 < value < 1.0:
+        raise InputError("alpha must lie strictly between 0 and 1", field="alpha", value=alpha)
+    return value
+
+
+# --- does a metric move? ------------------------------------------------------------
+def metric_variation(
+    x: xr.DataArray,
+    *,
+    dim: str = STEP,
+    rtol: float = DEGENERATE_RTOL,
+    floor_ulps: float = DEFAULT_FLOOR_ULPS,
+    eps: float | None = None,
+) -> xr.Dataset:
+    """Range of each series against its noise floor: does the metric move at all?
+
+    A series is *degenerate* when its range ``max - min`` (over its records)
+    is at most its noise floor, the larger of
+    :func:`~ndt_store.measures.significance.noise_floor` and
+    ``rtol · max|x|``. A degenerate series has no jumps to find: any velocity
+    it has is rounding noise.
+
+    Parameters
+    ----------
+    x
+        Metric values along ``dim`` (NaN = missing record); other dims batch.
+    dim
+        The series dimension.
+    rtol
+        Relative part of the floor (see :data:`DEGENERATE_RTOL`).
+    floor_ulps, eps
+        Absolute part of the floor, as in the significance test.
+
+    Returns
+    -------
+    xarray.Dataset
+        Over the batch dims: ``range``, ``noise_floor`` and ``degenerate``
+        (False for a series with no record).
+
+    Examples
+    --------
+    >>> x = xr.DataArray([[1.0, 1.0 + 1e-12, 1.0], [1.0, 2.0, 3.0]], dims=("layer", "step"))
+    >>> metric_variation(x).degenerate.values.tolist()
+    [True, False]
+    """
+    from ndt_store.measures.significance import noise_floor
+
+    span = (x.max(dim) - x.min(dim)).rename("range")
+    absolute = noise_floor(x, dim=dim, floor_ulps=floor_ulps, eps=eps)
+    relative = rtol * abs(x).max(dim)
+    floor = absolute.where(absolute >= relative, relative).rename("noise_floor")
+    present = x.count(dim) > 0
+    degenerate = (span <= floor) & present
+    return xr.Dataset(
+        {
+            "range": span.assign_attrs(long_name="max - min over the records"),
+            "noise_floor": floor.assign_attrs(
+                long_name="largest change that is numerical noise", rtol=float(rtol)
+            ),
+            "degenerate": degenerate.assign_attrs(long_name="range within the noise floor"),
+        }
+    )
+
+
+def varying_metrics(
+    ds: xr.Dataset, *, metrics: Sequence[str] = PHASE1_METRICS, dim: str = STEP
+) -> list[str]:
+    """The metrics of ``ds`` that move in at least one of its series.
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"stable_rank": ("step", [1.0, 1.0]),
+    ...                  "participation_ratio": ("step", [1.0, 3.0])})
+    >>> varying_metrics(ds)
+    ['participation_ratio']
+    """
+    out = []
+    for name in metrics:
+        if name in ds and dim in ds[name].dims:
+            if not bool(metric_variation(ds[name], dim=dim).degenerate.all()):
+                out.append(name)
+    return out
+
+
+def warn_if_degenerate(
+    ds: xr.Dataset, metric: str, *, where: str = "", dim: str = STEP
+) -> tuple[bool, str | None]:
+    """Warn (:class:`DegenerateMetricWarning`) when ``metric`` moves in no series of ``ds``.
+
+    Returns
+    -------
+    tuple
+        ``(degenerate, message)``; the message names the metric, its largest
+        range and the metrics that do vary (``None`` when not degenerate).
+    """
+    if metric not in ds:
+        known = sorted(str(v) for v in ds.data_vars if dim in ds[v].dims)
+        raise InputError(
+            f"no metric {metric!r} stored (known: {', '.join(known)})", field="metric", value=metric
+        )
+    var = metric_variation(ds[metric], dim=dim)
+    if not bool(var.degenerate.all()) or not bool((ds[metric].count(dim) > 0).any()):
+        return False, None
+    others = [m for m in varying_metrics(ds, dim=dim) if m != metric]
+    span = float(var["range"].max())
+    floor = float(var["noise_floor"].max())
+    message = (
+        f"{metric} is degenerate{(' in ' + where) if where else ''}: its range over every series "
+        f"(at most {span:.3g}) is within its noise floor ({floor:.3g}), so it has no jumps; "
+        + (
+            f"metrics that vary: {', '.join(others)} (pass metric=... / --metric)"
+            if others
+            else "no stored metric varies"
+        )
+    )
+    warnings.warn(message, DegenerateMetricWarning, stacklevel=3)
+    return True, message
 
 
 # --- series -----------------------------------------------------------------------
@@ -349,6 +511,11 @@ def loss_correlation(
 
 # --- tables -------------------------------------------------------------------------
 def _metric(ds: xr.Dataset | xr.DataArray, variable: str) -> xr.DataArray:
+    if isinstance(ds, xr.Dataset) and variable not in ds:
+        known = ", ".join(sorted(str(v) for v in ds.data_vars if LAYER in ds[v].dims))
+        raise InputError(
+            f"no metric {variable!r} in the data (metrics: {known})", field="metric", value=variable
+        )
     x = ds[variable] if isinstance(ds, xr.Dataset) else ds
     missing = [d for d in (EXPERIMENT, LAYER) if d not in x.dims]
     if missing:
@@ -377,6 +544,11 @@ def _labels(values: Any) -> Any:
 
 _DIRECTIONS = _labels(["decrease", "increase"])
 _PHASES = _labels(["early", "mid", "late"])
+
+
+def _phase_code(phase: np.ndarray) -> np.ndarray:
+    """0 early (< 0.33), 1 mid (< 0.67), 2 late: the study's phase categories."""
+    return 2 - (phase < 0.33) - (phase < 0.67).astype(np.intp)
 
 
 def _take(labels: Any, index: np.ndarray) -> Any:
@@ -453,6 +625,7 @@ def _jump_block(
     alpha: float | None,
     sig_alpha: float | None,
     options: dict[str, Any],
+    phase_mode: PhaseMode = "train",
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Rows of the jump table for one in-memory block, and their sort keys.
 
@@ -484,7 +657,13 @@ def _jump_block(
             p_value, noise_floor, significant = p_value[keep], noise_floor[keep], significant[keep]
     e = e_of[r] + sl.start
     layer = l_of[r]
-    phase = i / labels.num_steps[e]
+    train_step = labels.steps[position] if labels.steps is not None else np.full(i.size, np.nan)
+    index_phase = i / labels.num_steps[e]
+    phase = (
+        index_phase
+        if phase_mode == "index" or labels.steps is None
+        else (train_step / labels.num_steps[e])
+    )
     out = {
         "step": i.astype(np.int64),
         "magnitude": magnitude,
@@ -495,11 +674,11 @@ def _jump_block(
         "experiment": _take(labels.experiment, e),
         "arch_name": _take(labels.arch_name, e),
         "dataset": _take(labels.dataset, e),
-        "phase_category": _take(_PHASES, 2 - (phase < 0.33) - (phase < 0.67).astype(np.intp)),
+        "phase_category": _take(_PHASES, _phase_code(phase)),
+        "index_phase": index_phase,
+        "index_phase_category": _take(_PHASES, _phase_code(index_phase)),
         "index": i.astype(np.int64),
-        "train_step": (
-            labels.steps[position] if labels.steps is not None else np.full(i.size, np.nan)
-        ),
+        "train_step": train_step,
         "z": z,
         "velocity": velocity_values,
         "p_value": np.full(i.size, np.nan) if p_value is None else p_value,
@@ -550,6 +729,7 @@ def jump_table(
     floor_ulps: float = DEFAULT_FLOOR_ULPS,
     eps: float | None = None,
     seed: int = 0,
+    phase: PhaseMode = "train",
 ) -> pd.DataFrame:
     """The study's jump table (``all_jumps_detailed.csv``), with significance columns.
 
@@ -578,14 +758,19 @@ def jump_table(
         cannot be combined with ``alpha``.
     floor_ulps, eps, seed
         See :func:`~ndt_store.measures.significance.jump_significance`.
+    phase
+        ``"train"`` (default): ``phase = train_step / num_steps``, the share
+        of training done at the jump. ``"index"``: the published formula
+        ``index / num_steps`` (right only for runs recorded at every step),
+        which reproduces the published table exactly. Either way the
+        published formula is also in ``index_phase`` / ``index_phase_category``.
 
     Returns
     -------
     pandas.DataFrame
         One row per jump, sorted by experiment, layer, record index, with
         :data:`JUMP_COLUMNS`: ``step`` and ``index`` are the record index,
-        ``train_step`` the training step of that record, ``phase`` is
-        ``index / num_steps``.
+        ``train_step`` the training step of that record.
 
     Examples
     --------
@@ -595,12 +780,13 @@ def jump_table(
     ...     coords={"experiment": ["run"], "layer": ["fc"], "step": np.arange(0, 100, 5),
     ...             "num_steps": ("experiment", [100])},
     ... )
-    >>> jump_table(x, n_surrogates=0)[["step", "train_step", "direction", "phase"]].values.tolist()
-    [[9, 45.0, 'increase', 0.09]]
+    >>> cols = ["step", "train_step", "direction", "phase", "index_phase"]
+    >>> jump_table(x, n_surrogates=0)[cols].values.tolist()
+    [[9, 45.0, 'increase', 0.45, 0.09]]
     """
     block, finish = _jump_plan(
         ds, threshold=threshold, alpha=alpha, variable=variable, dim=dim,
-        n_surrogates=n_surrogates, floor_ulps=floor_ulps, eps=eps, seed=seed,
+        n_surrogates=n_surrogates, floor_ulps=floor_ulps, eps=eps, seed=seed, phase=phase,
     )  # fmt: skip
     xt = _series_layout(_metric(ds, variable), dim)
     return finish(_map_blocks(block, xt))
@@ -617,9 +803,14 @@ def _jump_plan(
     floor_ulps: float,
     eps: float | None,
     seed: int,
+    phase: PhaseMode = "train",
 ) -> tuple[Any, Any]:
     """The per-block function and the finishing step of :func:`jump_table`."""
     x = _metric(ds, variable)
+    if phase not in ("train", "index"):
+        raise InputError("phase must be 'train' or 'index'", field="phase", value=phase)
+    if alpha is not None:
+        alpha = check_alpha(alpha)
     if alpha is not None and n_surrogates < 1:
         raise InputError("alpha needs the significance test", field="n_surrogates", value=0)
     options: dict[str, Any] = {"dim": dim}
@@ -635,7 +826,7 @@ def _jump_plan(
     labels = _Labels(_series_layout(x, dim), dim)
 
     def block_table(values: np.ndarray, sl: slice) -> tuple[pd.DataFrame, np.ndarray]:
-        return _jump_block(values, sl, labels, threshold, alpha, sig_alpha, options)
+        return _jump_block(values, sl, labels, threshold, alpha, sig_alpha, options, phase)
 
     def finish(parts: list[Any]) -> pd.DataFrame:
         table = pd.concat([part for part, _ in parts], ignore_index=True)
@@ -743,6 +934,7 @@ def phase1_tables(
     floor_ulps: float = DEFAULT_FLOOR_ULPS,
     eps: float | None = None,
     seed: int = 0,
+    phase: PhaseMode = "train",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both Phase 1 tables in one pass: each block of experiments is read once.
 
@@ -764,7 +956,7 @@ def phase1_tables(
     """
     jump_block, jump_finish = _jump_plan(
         ds, threshold=threshold, alpha=alpha, variable=variable, dim=dim,
-        n_surrogates=n_surrogates, floor_ulps=floor_ulps, eps=eps, seed=seed,
+        n_surrogates=n_surrogates, floor_ulps=floor_ulps, eps=eps, seed=seed, phase=phase,
     )  # fmt: skip
     period_block, period_finish, xt, loss = _period_plan(
         ds, percentile=percentile, variable=variable, dim=dim

@@ -16,7 +16,7 @@ from ndt_store.plot.attention import (
 )
 from ndt_store.plot.overview import experiment_overview
 from ndt_store.plot.phase1 import loss_curve, metric_heatmap
-from ndt_store.plot.weights import filter_grid, weight_change_bars
+from ndt_store.plot.weights import filter_grid, weight_change_bars, weight_change_heatmap
 
 __all__ = [
     "activation_heatmap",
@@ -29,4 +29,5 @@ __all__ = [
     "loss_curve",
     "metric_heatmap",
     "weight_change_bars",
+    "weight_change_heatmap",
 ]

@@ -220,3 +220,199 @@ def numeric_coord(da: xr.DataArray, dim: Hashable) -> np.ndarray:
         if np.issubdtype(v.dtype, np.number):
             return v.astype(float)
     return np.arange(da.sizes[dim], dtype=float)
+
+
+# --- one labelling / colour / legend policy for every figure ------------------------
+LABEL_CHARS = 28
+"""Longest tick label drawn; longer names are shortened (see :func:`shorten_labels`)."""
+
+
+def _abbreviations(words: Sequence[str]) -> dict[str, str]:
+    """Shortest unique prefix (at least one letter) of each word."""
+    out: dict[str, str] = {}
+    unique = sorted(set(words))
+    for w in unique:
+        for n in range(1, len(w) + 1):
+            if sum(o.startswith(w[:n]) for o in unique) == 1 or n == len(w):
+                out[w] = w[:n]
+                break
+    return out
+
+
+def shorten_labels(names: Sequence[str], *, max_chars: int = LABEL_CHARS) -> tuple[list[str], str]:
+    """Short, unique tick labels for long names, and the key that explains them.
+
+    Names that all fit in ``max_chars`` are kept. Otherwise the dotted prefix
+    every name shares is dropped, then in names still too long every dotted
+    part but the last two is abbreviated (numbers are kept, so layer indices
+    stay readable: ``layers.10.self_attn.in_proj_weight`` becomes
+    ``l.10.self_attn.in_proj_weight``), and a name still too long keeps its
+    start and end around ``…``. The key says what was dropped and what each
+    abbreviation stands for (empty when nothing was shortened).
+
+    Examples
+    --------
+    >>> shorten_labels(["model.encoder.fc.weight", "model.encoder.fc.bias"], max_chars=12)
+    (['weight', 'bias'], "names without the common prefix 'model.encoder.fc.'")
+    """
+    names = [str(n) for n in names]
+    if all(len(n) <= max_chars for n in names):
+        return names, ""
+    parts = [n.split(".") for n in names]
+    common = 0
+    if len(names) > 1:
+        while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+            common += 1
+    prefix = ".".join(parts[0][:common]) + "." if common else ""
+    parts = [p[common:] for p in parts]
+    long_words = [w for p in parts if len(".".join(p)) > max_chars for w in p[:-1]]
+    abbrev = _abbreviations([w for w in long_words if not w.isdigit()])
+    used: dict[str, str] = {}
+    out = []
+    for p in parts:
+        s = ".".join(p)
+        for tail in (2, 1):  # abbreviate all but the last two parts, then all but the last
+            if len(s) <= max_chars or len(p) <= tail:
+                continue
+            head = [w if w.isdigit() else abbrev[w] for w in p[:-tail]]
+            used.update({abbrev[w]: w for w in p[:-tail] if not w.isdigit() and abbrev[w] != w})
+            s = ".".join([*head, *p[-tail:]])
+        if len(s) > max_chars:
+            keep = (max_chars - 1) // 2
+            s = s[:keep] + "…" + s[-(max_chars - 1 - keep) :]
+        out.append(s)
+    if len(set(out)) < len(out):  # shortening merged names: number them
+        out = [f"{s} #{k}" for k, s in enumerate(out)]
+    key = []
+    if prefix:
+        key.append(f"names without the common prefix {prefix!r}")
+    if used:
+        key.append(", ".join(f"{a} = {w}" for a, w in sorted(used.items())))
+    if any("…" in s for s in out):
+        key.append("… marks a shortened name")
+    return out, "; ".join(key)
+
+
+def series_colors(n: int, *, ordered: bool) -> list[Any]:
+    """``n`` distinct colours: a sequential colormap for ordered series, else a qualitative set.
+
+    Ordered series (steps, intervals) get evenly spaced colours of ``viridis``
+    (light = late); unordered ones (heads, layers) get ``tab10`` up to 10,
+    ``tab20`` up to 20 and evenly spaced hues of ``turbo`` beyond, so no two
+    series ever share a colour.
+
+    Examples
+    --------
+    >>> len({tuple(c) for c in series_colors(25, ordered=False)})
+    25
+    """
+    from matplotlib import colormaps
+
+    if n <= 0:
+        return []
+    if ordered:
+        return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.9, n)]
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
+
+
+def legend_outside(ax: Axes, *, handles: Sequence[Any] | None = None) -> None:
+    """The legend of ``ax`` to the right of its plotting area (never over the data or title).
+
+    The figure's constrained layout makes room for it, so it stays inside the
+    figure; long legends get more columns.
+    """
+    if handles is None:
+        handles, _ = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    ncols = 1 if len(handles) <= 12 else 2
+    ax.legend(
+        handles=list(handles), loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+        fontsize=8, ncols=ncols,
+    )  # fmt: skip
+
+
+def readability_problems(fig: Figure) -> list[str]:
+    """What makes a figure hard to read at its real size (empty list: nothing found).
+
+    Checks, after drawing: every axes and its labels lie inside the figure; no
+    text of one axes (tick labels, axis labels, titles) overlaps the plotting
+    area of another; legends lie inside the figure and outside every plotting
+    area they do not belong to; within one axes no two lines share a colour.
+
+    Examples
+    --------
+    >>> fig, axes = new_figure((3, 2))
+    >>> _ = axes[0, 0].plot([0, 1], label="a")
+    >>> readability_problems(fig)
+    []
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgba
+
+    FigureCanvasAgg(fig)
+    import warnings
+
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.draw(renderer)
+    page = fig.bbox.expanded(1.0, 1.0)
+    tol = 2.0  # pixels
+    problems: list[str] = [
+        f"layout failed: {w.message}" for w in caught if "constrained_layout" in str(w.message)
+    ]
+
+    def inside(b: Any) -> bool:
+        return (
+            b.x0 >= page.x0 - tol
+            and b.y0 >= page.y0 - tol
+            and b.x1 <= page.x1 + tol
+            and b.y1 <= page.y1 + tol
+        )
+
+    def overlap(a: Any, b: Any) -> bool:
+        w = min(a.x1, b.x1) - max(a.x0, b.x0)
+        h = min(a.y1, b.y1) - max(a.y0, b.y0)
+        return w > tol and h > tol
+
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    areas = [ax.get_window_extent(renderer) for ax in axes]
+    for k, ax in enumerate(axes):
+        name = ax.get_title() or ax.get_label() or f"axes {k}"
+        box = ax.get_tightbbox(renderer)
+        if box is not None and not inside(box):
+            problems.append(f"{name!r}: axes or its labels reach outside the figure")
+        texts = [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.yaxis.label]
+        texts += [
+            ax.title,
+            getattr(ax, "_left_title", ax.title),
+            getattr(ax, "_right_title", ax.title),
+        ]
+        for text in texts:
+            if not text.get_visible() or not text.get_text():
+                continue
+            tb = text.get_window_extent(renderer)
+            for j, other in enumerate(areas):
+                if j != k and overlap(tb, other):
+                    problems.append(f"{name!r}: text {text.get_text()!r} overlaps another axes")
+        colours = [
+            tuple(np.round(to_rgba(line.get_color()), 3))
+            for line in ax.get_lines()
+            if not str(line.get_label()).startswith("_")
+        ]
+        if len(set(colours)) < len(colours):
+            problems.append(f"{name!r}: two labelled lines share a colour")
+    legends = [lg for lg in [*fig.legends, *(ax.get_legend() for ax in axes)] if lg is not None]
+    for lg in legends:
+        lb = lg.get_window_extent(renderer)
+        if not inside(lb):
+            problems.append("a legend reaches outside the figure")
+        for k, area in enumerate(areas):
+            if overlap(lb, area):
+                problems.append(f"a legend covers the plotting area of axes {k}")
+    return problems

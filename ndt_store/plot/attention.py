@@ -19,9 +19,11 @@ from ndt_store.plot._common import (
     finish,
     fmt,
     labels_of,
+    legend_outside,
     new_figure,
     numeric_coord,
     require_dims,
+    series_colors,
     set_ticks,
     with_context,
 )
@@ -243,18 +245,21 @@ def entropy_evolution(
 
     fig, axes = new_figure((7.0, 4.2))
     ax = axes[0, 0]
+    n_lines = 1 if hue is None else da.sizes[hue]
+    palette = series_colors(n_lines + 1, ordered=False)  # the last colour marks jumps
     if hue is None:
-        ax.plot(x, values, linewidth=2, label=da.name or "attention entropy")
+        ax.plot(x, values, linewidth=2, label=da.name or "attention entropy", color=palette[0])
     else:
         for i, lab in enumerate(labels_of(da, hue)):
-            ax.plot(x, values[:, i], linewidth=1.5, label=f"{hue} {lab}")
+            ax.plot(x, values[:, i], linewidth=1.5, label=f"{hue} {lab}", color=palette[i])
     for i, s in enumerate(jump_steps or ()):
         ax.axvline(
-            float(s), color="red", linestyle="--", alpha=0.6, label="jump" if i == 0 else None
-        )
+            float(s), color=palette[-1], linestyle="--", alpha=0.6,
+            label="jump" if i == 0 else None,
+        )  # fmt: skip
     ax.set_xlabel(f"training {STEP}")
     ax.set_ylabel(str(da.attrs.get("units", "entropy")))
     ax.set_title(with_context("Attention entropy evolution", da))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, ncols=2 if hue is not None and da.sizes[hue] > 8 else 1)
+    legend_outside(ax)
     return finish(fig, path, dpi=dpi)

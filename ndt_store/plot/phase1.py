@@ -21,9 +21,11 @@ from ndt_store.plot._common import (
     edges,
     finish,
     labels_of,
+    legend_outside,
     new_figure,
     numeric_coord,
     require_dims,
+    series_colors,
     set_ticks,
     with_context,
 )
@@ -225,7 +227,8 @@ def metric_heatmap(
     fig, axes = new_figure((9.0, max(3.0, 0.35 * len(layers) + 1.6)))
     ax = axes[0, 0]
     mesh = ax.pcolormesh(x_edges, y_edges, values, cmap="viridis", shading="flat")
-    fig.colorbar(mesh, ax=ax, label=str(da.name or metric))
+    bar = fig.colorbar(mesh, ax=ax, label=str(da.name or metric))
+    bar.formatter.set_useOffset(False)  # type: ignore[attr-defined]  # no "1e-12+1" offsets
     set_ticks(ax, "y", layers)
     ax.set_ylim(len(layers) - 0.5, -0.5)  # first layer on top
     ax.set_xlabel(f"training {STEP}")
@@ -249,15 +252,37 @@ def metric_heatmap(
             Patch(facecolor="grey", edgecolor="white", hatch="////", label="critical period")
         )
     if jumps is not None:
-        pts = _jump_points(jumps, da, steps, layers)
-        if pts:
-            xs, ys = zip(*pts, strict=True)
-            ax.scatter(xs, ys, marker="x", s=28, color="red", linewidths=1.2, zorder=3)
-        handles.append(
-            Line2D([], [], marker="x", color="red", linestyle="none", label=f"jump ({len(pts)})")
-        )
+        groups: list[tuple[Any, str, str, str, int, str]]
+        if isinstance(jumps, pd.DataFrame) and "significant" in jumps.columns:
+            sig = jumps["significant"].astype(bool).to_numpy()
+            groups = [  # hollow magenta circles vs filled red crosses: shape and colour differ
+                (jumps[~sig], "o", "none", "magenta", 30, "not significant"),
+                (jumps[sig], "X", "red", "white", 60, "significant jump"),
+            ]
+        else:
+            groups = [(jumps, "X", "red", "white", 50, "jump")]
+        for table, marker, face, edge, size, label in groups:
+            pts = _jump_points(table, da, steps, layers)
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.scatter(
+                    xs, ys, marker=marker, s=size, facecolors=face, edgecolors=edge,
+                    linewidths=1.2, zorder=3,
+                )  # fmt: skip
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    marker=marker,
+                    markerfacecolor=face,
+                    markeredgecolor=edge,
+                    color=edge if face == "none" else face,
+                    linestyle="none",
+                    label=f"{label} ({len(pts)})",
+                )
+            )
     if handles:
-        ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.8)
+        legend_outside(ax, handles=handles)
     title = f"{da.name or metric} by {LAYER} and {STEP}"
     ax.set_title(with_context(title, da), fontsize=10)
     return finish(fig, path, dpi=dpi)
@@ -332,22 +357,26 @@ def loss_curve(
 
     fig, axes = new_figure((8.0, 4.2))
     ax = axes[0, 0]
+    marked = _moments(moments or ())
+    kinds = list(dict.fromkeys(kind for _, kind in marked))
+    n_lines = 0 if hue is None else da.sizes[hue]
+    palette = series_colors(n_lines + len(kinds), ordered=False)  # one colour per series
     if hue is None:
         ax.plot(x, values, color="black", linewidth=1.2, label=str(da.name or LOSS))
     else:
         for i, lab in enumerate(labels_of(da, hue)):
-            ax.plot(x, values[:, i], linewidth=1.2, label=f"{hue} {lab}")
-    colours = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown"]
-    types: dict[str, str] = {}
-    for s, kind in _moments(moments or ()):
-        first = kind not in types
-        colour = types.setdefault(kind, colours[len(types) % len(colours)])
-        ax.axvline(s, color=colour, linestyle="--", alpha=0.7, label=kind if first else None)
+            ax.plot(x, values[:, i], linewidth=1.2, label=f"{hue} {lab}", color=palette[i])
+    colours = dict(zip(kinds, palette[n_lines:], strict=True))
+    seen: set[str] = set()
+    for s, kind in marked:
+        label = kind if kind not in seen else None
+        seen.add(kind)
+        ax.axvline(s, color=colours[kind], linestyle="--", alpha=0.7, label=label)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(f"training {STEP}")
     ax.set_ylabel(str(da.name or LOSS))
     ax.set_title(with_context("Training loss", da))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     return finish(fig, path, dpi=dpi)

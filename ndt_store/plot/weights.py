@@ -1,4 +1,4 @@
-"""Weight figures: convolution filter grids and per-parameter change bars."""
+"""Weight figures: convolution filter grids, per-parameter change bars and change heatmaps."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ from ndt_store.plot._common import (
     as_numpy,
     finish,
     labels_of,
+    legend_outside,
     new_figure,
+    series_colors,
     set_ticks,
+    shorten_labels,
     with_context,
 )
 
@@ -220,7 +223,7 @@ def weight_change_bars(
                 value=da.dims,
             )
     n_par = next(iter(panels.values())).sizes[PARAMETER]
-    width = max(5.0, 0.45 * n_par + 2.0)
+    width = min(max(5.0, 0.3 * n_par + 2.0), 20.0)
     fig, axes = new_figure((width, 3.6 * len(panels)), nrows=len(panels), ncols=1)
     for ax, (q, da) in zip(axes[:, 0], panels.items(), strict=True):
         group = next((d for d in da.dims if d != PARAMETER), None)
@@ -232,11 +235,110 @@ def weight_change_bars(
         else:
             k = da.sizes[group]
             w = 0.8 / k
+            colours = series_colors(k, ordered=True)
             for j, lab in enumerate(labels_of(da, group)):
-                ax.bar(x - 0.4 + w * (j + 0.5), values[:, j], width=w, label=f"{group} {lab}")
-            ax.legend(fontsize=8)
-        set_ticks(ax, "x", labels_of(da, PARAMETER), max_ticks=60)
+                ax.bar(
+                    x - 0.4 + w * (j + 0.5), values[:, j], width=w, label=f"{group} {lab}",
+                    color=colours[j],
+                )  # fmt: skip
+            legend_outside(ax)
+        short, key = shorten_labels(labels_of(da, PARAMETER))
+        set_ticks(ax, "x", short, max_ticks=60)
+        if key:
+            ax.set_xlabel(key, fontsize=8)
         ax.set_ylabel(ylabel or str(da.name or q or "change"))
         ax.set_title(with_context(f"Weight change per {PARAMETER}", da), fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
+    return finish(fig, path, dpi=dpi)
+
+
+def weight_change_heatmap(
+    changes: xr.DataArray,
+    *,
+    log: bool | None = None,
+    path: PathLike | None = None,
+    dpi: int = DEFAULT_DPI,
+) -> Figure:
+    """Heatmap of a weight change per parameter (rows) and interval (columns).
+
+    Reads at real sizes: a row per parameter (the figure grows with them, tick
+    labels thinned past 60), long names shortened with a key, one sequential
+    colour scale with a colour bar instead of one colour per interval.
+
+    Parameters
+    ----------
+    changes
+        DataArray over ``parameter`` and one more dim (snapshot intervals or
+        steps, in order); NaN cells (a parameter absent from an interval) are
+        grey.
+    log
+        Logarithmic colour scale; default when the positive values span more
+        than two decades (relative changes of zero-initialised biases dwarf
+        the rest).
+    path, dpi
+        Save here (format by extension, PNG when none) and still return the figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> da = xr.DataArray(np.ones((2, 3)), dims=("parameter", "interval"),
+    ...                   coords={"parameter": ["a.weight", "a.bias"]}, name="relative change")
+    >>> [t.get_text() for t in weight_change_heatmap(da).axes[0].get_yticklabels()]
+    ['a.weight', 'a.bias']
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm, Normalize
+
+    if not isinstance(changes, xr.DataArray) or PARAMETER not in changes.dims or changes.ndim != 2:
+        raise InputError(
+            f"changes must be a DataArray over ({PARAMETER!r}, <intervals>)",
+            field="changes",
+            value=getattr(changes, "dims", type(changes).__name__),
+        )
+    other = next(d for d in changes.dims if d != PARAMETER)
+    da = changes.transpose(PARAMETER, other)
+    values = np.asarray(da.values, dtype=float)
+    n_par, n_int = values.shape
+    names, key = shorten_labels(labels_of(da, PARAMETER))
+    positive = values[np.isfinite(values) & (values > 0)]
+    if log is None:
+        log = positive.size > 1 and positive.max() > 100 * positive.min()
+    norm = (
+        LogNorm(vmin=positive.min(), vmax=positive.max())
+        if log and positive.size
+        else Normalize(vmin=np.nanmin(values) if np.isfinite(values).any() else 0.0)
+    )
+    label_w = 0.075 * max(map(len, names), default=4)
+    height = min(max(3.6, 0.17 * n_par + 2.0), 24.0)
+    width = min(max(6.0, 0.32 * n_int + label_w + 2.5), 20.0)
+    fig, axes = new_figure((width, height))
+    ax = axes[0, 0]
+    cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
+    mesh = ax.pcolormesh(
+        np.ma.masked_invalid(values if not log else np.where(values > 0, values, np.nan)),
+        cmap=cmap,
+        norm=norm,
+    )
+    bar = fig.colorbar(mesh, ax=ax)
+    bar.set_label(str(da.name or "change"), fontsize=9)
+    if not log:
+        bar.formatter.set_useOffset(False)  # type: ignore[attr-defined]
+    ax.set_ylim(n_par, 0)  # first parameter on top
+    set_ticks(ax, "y", names, max_ticks=60)
+    ax.set_yticks(ax.get_yticks() + 0.5, [t.get_text() for t in ax.get_yticklabels()])
+    set_ticks(ax, "x", labels_of(da, other), max_ticks=25)
+    ax.set_xticks(ax.get_xticks() + 0.5, [t.get_text() for t in ax.get_xticklabels()])
+    longest = max((len(t.get_text()) for t in ax.get_xticklabels()), default=0)
+    for tick in ax.get_xticklabels():
+        tick.set_rotation(90 if longest > 3 else 0)
+    ax.tick_params(axis="y", labelsize=7 if n_par > 30 else 8)
+    ax.set_xlabel(str(other) + (f"\n({key})" if key else ""), fontsize=9)
+    ax.set_ylabel(PARAMETER)
+    scale = " (log colour scale)" if log else ""
+    title = f"{da.name or 'Weight change'} per {PARAMETER}{scale}"
+    ax.set_title(with_context(title, da), fontsize=10)
     return finish(fig, path, dpi=dpi)
