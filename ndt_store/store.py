@@ -208,7 +208,8 @@ class Store:
             return
         locks = None if self._local is None else self._local / ".locks"
         what = f"experiment {experiment!r}"
-        with storage_errors(self.location), store_lock(self._root.store, locks, experiment, what=what):
+        lock = store_lock(self._root.store, locks, experiment, what=what)
+        with storage_errors(self.location), lock:
             held.add(experiment)
             try:
                 yield
