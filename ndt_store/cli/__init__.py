@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ndt_store.cli._quickstart_cmd",
     "ndt_store.cli._synth_cmd",
     "ndt_store.cli._verify_cmd",
+    "ndt_store.cli._serve_cmd",
 )
 
 
