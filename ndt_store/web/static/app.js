@@ -251,12 +251,12 @@
     const shapes = periodShapes(p);
     const curvesDiv = document.getElementById("curves");
     const done = [
-      plot(curvesDiv, traces, { xaxis: axis("training step"), yaxis: axis(p.metric), shapes: shapes }).then(() => {
+      plot(curvesDiv, traces, { xaxis: axis("training step"), yaxis: axis(p.metric), shapes: shapes, hovermode: "x" }).then(() => {
         if (!curvesDiv._ndtClick) {
           curvesDiv._ndtClick = true;
           curvesDiv.on("plotly_click", (ev) => {
-            const pt = ev.points[0];
-            if (!String(pt.data.meta).startsWith("jumps")) return;
+            const pt = ev.points.find((q) => String(q.data.meta).startsWith("jumps"));
+            if (!pt) return;
             const c = pt.customdata;
             openJump({ layer: c[0], before: c[3], after: c[4], step: pt.x, index: c[5] }, onPick);
           });
