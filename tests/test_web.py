@@ -387,3 +387,86 @@ def test_server_refuses_writes(url, store_path):
             urllib.request.urlopen(req)
         assert err.value.code == 405
     assert tree_snapshot(store_path) == before
+
+
+# -------------------------------------------------------------------- safety
+HOSTILE_EXP = "ünï 运行 🚀 run"
+HOSTILE_LAYERS = ["слой.0", "x&lt;y", "层_1"]
+HOSTILE_META = {
+    "arch_name": "<script>window.__pwned=1</script>",
+    "dataset": '<img src=x onerror="window.__pwned=2">',
+    "note": "../../etc/passwd",
+    "final_accuracy": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_url(tmp_path_factory: pytest.TempPathFactory):
+    store = ndt_store.open_store(tmp_path_factory.mktemp("hostile") / "h.zarr")
+    ds, _ = phase1_dataset(np.random.default_rng(0), HOSTILE_LAYERS, 40, 5)
+    store.write_experiment(HOSTILE_EXP, ds, HOSTILE_META)
+    with running_server(store, poll_ms=0) as base:
+        yield base
+
+
+def _not_pwned(browser: Any) -> None:
+    assert browser.execute_script("return typeof window.__pwned") == "undefined"
+
+
+def test_hostile_names_and_metadata_are_shown_escaped(browser, hostile_url, shots):
+    _open(browser, hostile_url + "/")
+    cells = browser.execute_script(
+        "const tr = document.querySelector('#runs-table tbody tr');"
+        "const cols = window.ndt.payload.columns;"
+        "return Object.fromEntries([...tr.cells].slice(1).map((td, i) => [cols[i], td.textContent]))"
+    )
+    assert cells["experiment"] == HOSTILE_EXP
+    for key in ("arch_name", "dataset", "note"):
+        assert cells[key] == HOSTILE_META[key]
+    assert browser.execute_script("return document.querySelectorAll('main img, main script').length") == 0
+    _not_pwned(browser)
+    _shot(browser, shots, "hostile_runs")
+    browser.find_element("css selector", "a.run-link").click()
+    _wait(lambda: "/run?" in browser.current_url)
+    wait_ready(browser)
+    assert browser.find_element("id", "run-name").text == HOSTILE_EXP
+    legend = browser.execute_script(
+        "return [...document.querySelectorAll('#curves .legendtext')].map(t => t.textContent)"
+    )
+    assert legend[: len(HOSTILE_LAYERS)] == HOSTILE_LAYERS  # "&lt;" shown as typed
+    _not_pwned(browser)
+    assert console_errors(browser) == []
+
+
+@pytest.mark.parametrize(
+    ("query", "shown"),
+    [
+        ("/run?exp=../../etc", "../../etc"),
+        ("/run?exp=%3Cscript%3Ewindow.__pwned%3D3%3C/script%3E", "<script>window.__pwned=3</script>"),
+        ("/moments?exp=x&layer=..%2F..%2Fetc", "x"),
+        ("/run?exp=no_such_run", "no_such_run"),
+    ],
+)
+def test_bad_names_in_urls_are_refused_and_escaped(browser, hostile_url, query, shown):
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(hostile_url + query)
+    assert err.value.code in (400, 404)
+    browser.get(hostile_url + query)
+    text = browser.find_element("id", "error").text
+    assert shown in text
+    assert browser.execute_script("return document.querySelectorAll('main script').length") == 0
+    _not_pwned(browser)
+
+
+def test_paths_outside_the_app_are_not_served(hostile_url):
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(hostile_url)
+    for raw in ("/static/../../../../etc/passwd", "/static/..%2F..%2Fetc%2Fpasswd", "/../etc"):
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        conn.request("GET", raw)
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 404 and b"root:" not in body
+        conn.close()
