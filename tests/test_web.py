@@ -22,17 +22,17 @@ import xarray as xr
 
 pytest.importorskip("plotly")
 
-import ndt_store  # noqa: E402
-from ndt_store import _dims as D  # noqa: E402
-from ndt_store.synth import phase1_dataset  # noqa: E402
-from ndt_store.testing import tree_snapshot  # noqa: E402
-from ndt_store.web.browser import (  # noqa: E402
+import ndt_store
+from ndt_store import _dims as D
+from ndt_store.synth import phase1_dataset
+from ndt_store.testing import tree_snapshot
+from ndt_store.web.browser import (
     browser_problem,
     console_errors,
     headless_chromium,
     wait_ready,
 )
-from ndt_store.web.server import running_server  # noqa: E402
+from ndt_store.web.server import running_server
 
 pytestmark = pytest.mark.skipif(
     browser_problem() is not None, reason=f"no headless browser: {browser_problem()}"
@@ -40,6 +40,12 @@ pytestmark = pytest.mark.skipif(
 
 RECORDING = "live_run"
 LAYERS = ["enc.0", "enc.1"]
+ROW_NAMES = (
+    "return [...document.querySelectorAll('#runs-table tbody tr')].map(t => t.dataset.experiment)"
+)
+HOVER_TEXT = (
+    "const h = document.querySelector('#curves .hoverlayer'); return h ? h.textContent : ''"
+)
 
 
 # ------------------------------------------------------------------ fixtures
@@ -153,17 +159,13 @@ def test_runs_view_table_sort_filter_and_url(browser, url, store, shots):
 
     browser.find_element("css selector", 'th[data-col="final_accuracy"]').click()
     browser.find_element("css selector", 'th[data-col="final_accuracy"]').click()  # descending
-    order = browser.execute_script(
-        "return [...document.querySelectorAll('#runs-table tbody tr')].map(t => t.dataset.experiment)"
-    )
+    order = browser.execute_script(ROW_NAMES)
     acc = {e: store.metadata(e).get(D.FINAL_ACCURACY) for e in store.experiments()}
     with_acc = sorted((e for e in acc if acc[e] is not None), key=lambda e: -acc[e])
     assert order == [*with_acc, RECORDING]  # runs without the field last
     box = browser.find_element("css selector", 'input.col-filter[data-col="dataset"]')
     box.send_keys("mnist")
-    shown = browser.execute_script(
-        "return [...document.querySelectorAll('#runs-table tbody tr')].map(t => t.dataset.experiment)"
-    )
+    shown = browser.execute_script(ROW_NAMES)
     want = [e for e in with_acc if "mnist" in store.metadata(e)[D.DATASET]]
     assert shown == want and 0 < len(want) < len(store.experiments())
     _shot(browser, shots, "runs")
@@ -171,9 +173,7 @@ def test_runs_view_table_sort_filter_and_url(browser, url, store, shots):
     state = browser.current_url
     assert "sort=final_accuracy" in state and "desc=1" in state and "f.dataset=mnist" in state
     _open(browser, state)
-    again = browser.execute_script(
-        "return [...document.querySelectorAll('#runs-table tbody tr')].map(t => t.dataset.experiment)"
-    )
+    again = browser.execute_script(ROW_NAMES)
     assert again == want
     assert console_errors(browser) == []
 
@@ -209,10 +209,8 @@ def test_run_view_plots_the_stored_values_and_p_values(browser, url, store, shot
     # hovering a marker shows its p-value
     layer, index = min(ref, key=ref.get)
     _hover_jump(browser, steps[index], ds[D.STABLE_RANK].sel({D.LAYER: layer}).values[index])
-    _wait(lambda: "p = " in browser.execute_script(
-        "const h = document.querySelector('#curves .hoverlayer'); return h ? h.textContent : ''"
-    ))
-    text = browser.execute_script("return document.querySelector('#curves .hoverlayer').textContent")
+    _wait(lambda: "p = " in browser.execute_script(HOVER_TEXT))
+    text = browser.execute_script(HOVER_TEXT)
     assert layer in text and "significant jump" in text
     _shot(browser, shots, "run")
     assert console_errors(browser) == []
@@ -251,7 +249,8 @@ def test_change_metric(browser, url, store):
     ds = store.phase1(exp)
     curves = [t for t in _traces(browser, "curves") if t["meta"] == "curve"]
     for t in curves:
-        np.testing.assert_allclose(t["y"], ds[D.PARTICIPATION_RATIO].sel({D.LAYER: t["name"]}).values)
+        want = ds[D.PARTICIPATION_RATIO].sel({D.LAYER: t["name"]}).values
+        np.testing.assert_allclose(t["y"], want)
     assert browser.execute_script("return window.ndt.payload.metric") == D.PARTICIPATION_RATIO
 
 
@@ -265,9 +264,7 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 def _cka(x: np.ndarray, y: np.ndarray) -> float:
     x = x - x.mean(0)
     y = y - y.mean(0)
-    return float(
-        np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
-    )
+    return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
 def test_click_jump_opens_its_moment_with_stored_values(browser, url, store, shots):
@@ -280,8 +277,11 @@ def test_click_jump_opens_its_moment_with_stored_values(browser, url, store, sho
     snaps = np.asarray(store.snapshot_steps(exp))
     ref = _jump_reference(store, exp, D.STABLE_RANK)
     candidates = [
-        k for k in sorted(ref, key=ref.get)
-        if ref[k] <= 0.05 and snaps[snaps <= steps[k[1]]].size and snaps[snaps >= steps[k[1] + 1]].size
+        k
+        for k in sorted(ref, key=ref.get)
+        if ref[k] <= 0.05
+        and snaps[snaps <= steps[k[1]]].size
+        and snaps[snaps >= steps[k[1] + 1]].size
     ]
     layer, index = candidates[0]
     before = int(snaps[snaps <= steps[index]][-1])
@@ -321,7 +321,8 @@ def test_click_jump_opens_its_moment_with_stored_values(browser, url, store, sho
     _shot(browser, shots, "moments")
     # the URL (head included) reproduces the view
     _open(browser, browser.current_url)
-    np.testing.assert_allclose(_traces(browser, "attn-after")[0]["z"], attn[1].mean(0)[2], rtol=1e-6)
+    z = _traces(browser, "attn-after")[0]["z"]
+    np.testing.assert_allclose(z, attn[1].mean(0)[2], rtol=1e-6)
     assert console_errors(browser) == []
 
 
@@ -418,12 +419,14 @@ def test_hostile_names_and_metadata_are_shown_escaped(browser, hostile_url, shot
     cells = browser.execute_script(
         "const tr = document.querySelector('#runs-table tbody tr');"
         "const cols = window.ndt.payload.columns;"
-        "return Object.fromEntries([...tr.cells].slice(1).map((td, i) => [cols[i], td.textContent]))"
+        "return Object.fromEntries([...tr.cells].slice(1)"
+        ".map((td, i) => [cols[i], td.textContent]))"
     )
     assert cells["experiment"] == HOSTILE_EXP
     for key in ("arch_name", "dataset", "note"):
         assert cells[key] == HOSTILE_META[key]
-    assert browser.execute_script("return document.querySelectorAll('main img, main script').length") == 0
+    found = "return document.querySelectorAll('main img, main script').length"
+    assert browser.execute_script(found) == 0
     _not_pwned(browser)
     _shot(browser, shots, "hostile_runs")
     browser.find_element("css selector", "a.run-link").click()
@@ -442,7 +445,10 @@ def test_hostile_names_and_metadata_are_shown_escaped(browser, hostile_url, shot
     ("query", "shown"),
     [
         ("/run?exp=../../etc", "../../etc"),
-        ("/run?exp=%3Cscript%3Ewindow.__pwned%3D3%3C/script%3E", "<script>window.__pwned=3</script>"),
+        (
+            "/run?exp=%3Cscript%3Ewindow.__pwned%3D3%3C/script%3E",
+            "<script>window.__pwned=3</script>",
+        ),
         ("/moments?exp=x&layer=..%2F..%2Fetc", "x"),
         ("/run?exp=no_such_run", "no_such_run"),
     ],

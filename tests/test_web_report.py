@@ -10,16 +10,16 @@ import pytest
 
 pytest.importorskip("plotly")
 
-import ndt_store  # noqa: E402
-from ndt_store import _dims as D  # noqa: E402
-from ndt_store.report import write_report  # noqa: E402
-from ndt_store.web.browser import (  # noqa: E402
+import ndt_store
+from ndt_store import _dims as D
+from ndt_store.report import write_report
+from ndt_store.web.browser import (
     browser_problem,
     console_errors,
     headless_chromium,
     wait_ready,
 )
-from ndt_store.web.server import running_server  # noqa: E402
+from ndt_store.web.server import running_server
 
 pytestmark = pytest.mark.skipif(
     browser_problem() is not None, reason=f"no headless browser: {browser_problem()}"

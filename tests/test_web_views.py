@@ -17,13 +17,13 @@ import pytest
 
 pytest.importorskip("plotly")
 
-import ndt_store  # noqa: E402
-from ndt_store import _dims as D  # noqa: E402
-from ndt_store.errors import InputError, InvalidNameError, NotFoundError  # noqa: E402
-from ndt_store.web import views  # noqa: E402
-from ndt_store.web.measure import count_store_reads  # noqa: E402
-from ndt_store.web.page import json_island  # noqa: E402
-from ndt_store.web.server import running_server  # noqa: E402
+import ndt_store
+from ndt_store import _dims as D
+from ndt_store.errors import InputError, InvalidNameError, NotFoundError
+from ndt_store.web import views
+from ndt_store.web.measure import count_store_reads
+from ndt_store.web.page import json_island
+from ndt_store.web.server import running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_moments_view_picks_and_checks_snapshot_steps(tmp_path):
     with pytest.raises(InputError, match="head 9"):
         views.moments_view(store, exp, head=9)
     assert views.moments_view(store, exp, layer="layers.1")["layer"] == "layers.1"
-    with pytest.raises(NotFoundError, match="layers.7"):
+    with pytest.raises(NotFoundError, match=r"layers\.7"):
         views.moments_view(store, exp, layer="layers.7")
 
 
@@ -173,7 +173,10 @@ def test_core_package_does_not_import_the_web_stack():
         "print([m for m in ('plotly', 'selenium', 'ndt_store.web') if m in sys.modules])"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert out.stdout.strip() == "[]"
