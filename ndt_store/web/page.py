@@ -40,7 +40,12 @@ def _inline_script(js: str) -> str:
 
 
 def render_page(
-    title: str, data: dict[str, Any], *, inline: bool = False, extra_html: str = ""
+    title: str,
+    data: dict[str, Any],
+    *,
+    inline: bool = False,
+    plots: bool = True,
+    extra_html: str = "",
 ) -> str:
     """One HTML page showing ``data`` (``{"config": ..., "payload": ...}``).
 
@@ -54,6 +59,8 @@ def render_page(
     inline
         Inline plotly.js, the script and the styles (a self-contained file);
         otherwise they are linked from the server's ``/static/``.
+    plots
+        Load plotly.js (the runs table draws no chart and loads only the page script).
     extra_html
         Trusted HTML (already escaped by its maker) placed after the views.
     """
@@ -65,12 +72,12 @@ def render_page(
     ]
     if inline:
         head.append(f"<style>{app_css()}</style>")
-        scripts = _inline_script(plotly_js()) + _inline_script(app_js())
+        scripts = (_inline_script(plotly_js()) if plots else "") + _inline_script(app_js())
     else:
         head.append('<link rel="stylesheet" href="/static/app.css">')
-        scripts = (
-            '<script src="/static/plotly.min.js"></script><script src="/static/app.js"></script>'
-        )
+        scripts = '<script src="/static/plotly.min.js"></script>' if plots else ""
+        scripts += '<script src="/static/app.js"></script>'
+
     body = (
         '</head><body><header id="top"></header><main id="app">'
         '<p class="loading">Loading…</p></main>'

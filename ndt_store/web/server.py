@@ -144,7 +144,7 @@ class WebApp:
             },
             "payload": self.payload(view, query),
         }
-        return render_page(f"ndt-store · {view}", data)
+        return render_page(f"ndt-store · {view}", data, plots=view != "runs")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -317,7 +317,7 @@ def running_server(store: Store | str, **kwargs: Any) -> Iterator[str]:
     thread.start()
     try:
         host, port = server.server_address[:2]
-        yield f"http://{host}:{port}"
+        yield f"http://{host!s}:{port}"
     finally:
         server.shutdown()
         server.server_close()
@@ -343,8 +343,8 @@ def serve(
             file=out,
         )
     server = make_server(store, host, port, poll_ms=poll_ms, storage_options=storage_options)
-    h, p = server.server_address[:2]
-    shown = f"[{h}]" if ":" in str(h) else h
+    h, p = (str(v) for v in server.server_address[:2])
+    shown = f"[{h}]" if ":" in h else h
     print(f"ndt-store serve: {store} at http://{shown}:{p}/ (Ctrl-C stops)", file=out, flush=True)
     try:
         server.serve_forever()

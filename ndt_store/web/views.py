@@ -438,8 +438,9 @@ def compare_view(
         x = steps
         if align == "phase":
             total = store.metadata(name).get(D.NUM_STEPS)
-            ok = isinstance(total, int | float) and total > 0
-            x = steps / (float(total) if ok else max(steps.max(initial=1.0), 1.0))
+            if not (isinstance(total, int | float) and total > 0):
+                total = max(float(steps.max(initial=1.0)), 1.0)
+            x = steps / float(total)
         series.append({"experiment": name, "x": x, "y": _series(ds, metric, layer)})
     return plain(
         {

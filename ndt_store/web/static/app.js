@@ -264,7 +264,7 @@
       }),
       plot("heatmap", [{ type: "heatmap", z: p.values, x: p.steps, y: p.layers.map(pe), colorscale: "Viridis",
         colorbar: { title: { text: pe(p.metric) } }, hovertemplate: "%{y}<br>step %{x}<br>%{z:.4g}<extra></extra>" }],
-        { xaxis: axis("training step"), yaxis: axis("layer", { automargin: true }), margin: { l: 160, r: 30, t: 20, b: 50 } }),
+        { xaxis: axis("training step"), yaxis: axis("layer", { automargin: true, autorange: "reversed" }), margin: { l: 160, r: 30, t: 20, b: 50 } }),
       plot("loss", [{ type: "scatter", mode: "lines", name: "loss", x: p.steps, y: p.loss, line: { color: "#333" } }],
         { xaxis: axis("training step"), yaxis: axis("loss"), shapes: shapes, showlegend: false }),
     ];
@@ -355,16 +355,24 @@
         { xaxis: axis("head"), yaxis: axis("entropy change"), showlegend: false }));
     }
     if (p.weights) {
+      // outline the intervals between the chosen before and after snapshots
+      const starts = p.weights.intervals.map((s) => parseInt(s.split("→")[0], 10));
+      const ends = p.weights.intervals.map((s) => parseInt(s.split("→")[1], 10));
+      const i0 = starts.indexOf(p.before), i1 = ends.indexOf(p.after);
+      const shapes = i0 >= 0 && i1 >= i0 ? [{ type: "rect", xref: "x", yref: "paper", x0: i0 - 0.5, x1: i1 + 0.5,
+        y0: 0, y1: 1, line: { color: "#000", width: 2 }, fillcolor: "rgba(0,0,0,0)" }] : [];
       done.push(plot("weights", [{ type: "heatmap", z: p.weights.relative_change, x: p.weights.intervals,
-        y: p.weights.parameters.map(pe), colorscale: "Magma", reversescale: true, colorbar: { title: { text: "‖Δw‖/‖w‖" } },
+        y: p.weights.parameters.map(pe), colorscale: "Viridis", colorbar: { title: { text: "‖Δw‖/‖w‖" } },
         hovertemplate: "%{y}<br>%{x}<br>%{z:.4g}<extra></extra>" }],
-        { xaxis: axis("snapshot interval (steps)", { type: "category" }), yaxis: axis("parameter", { automargin: true }), margin: { l: 140, r: 30, t: 20, b: 60 } }));
+        { xaxis: axis("snapshot interval (steps); outlined: the chosen pair", { type: "category" }),
+          yaxis: axis("parameter", { automargin: true }), margin: { l: 140, r: 30, t: 20, b: 60 }, shapes: shapes }));
     }
     if (p.cka) {
       done.push(plot("cka", [{ type: "heatmap", z: p.cka.matrix, x: p.cka.steps.map(String), y: p.cka.steps.map(String),
         colorscale: "Viridis", zmin: 0, zmax: 1, colorbar: { title: { text: "CKA" } },
         hovertemplate: "step %{y} vs %{x}: %{z:.4f}<extra></extra>" }],
-        { xaxis: axis("snapshot step", { type: "category" }), yaxis: axis("snapshot step", { type: "category", autorange: "reversed" }), width: null }));
+        { xaxis: axis("snapshot step", { type: "category", constrain: "domain" }),
+          yaxis: axis("snapshot step", { type: "category", autorange: "reversed", scaleanchor: "x", constrain: "domain" }) }));
     }
     return Promise.all(done);
   }
@@ -405,9 +413,9 @@
     const app = document.getElementById("app");
     const runDiv = el("div", { id: "run-section" });
     const momDiv = el("div", { id: "moments" });
-    const meta = Object.entries(p.metadata).map(([k, v]) => ({ field: k, value: v }));
+    const fields = Object.keys(p.metadata);
     app.replaceChildren(el("p", { class: "note" }, "Interactive report: zoom by dragging, double-click to reset, hover for values."),
-      meta.length ? table(["field", "value"], meta) : null, runDiv, momDiv,
+      fields.length ? table(fields, [p.metadata]) : null, runDiv, momDiv,
       p.tables.map((t) => el("section", {}, el("h2", {}, t.title), table(t.columns, t.rows))));
     let pairIndex = 0;
     const pickPair = (i) => {
@@ -446,7 +454,7 @@
     const view = VIEWS[p.view];
     header(p.view === "report" ? "report of " + p.experiment : view.title);
     view.build(p);
-    Promise.resolve(view.draw(p)).then(() => { ndt.ready = true; ndt.renders += 1; },
+    Promise.resolve(view.draw(p)).then(() => { ndt.readyMs = performance.now(); ndt.ready = true; ndt.renders += 1; },
       (err) => { ndt.errors.push(String(err)); ndt.ready = true; });
     if (SERVER && CFG.poll_ms > 0) {
       let last = JSON.stringify(p);
