@@ -201,3 +201,54 @@ def test_web_doc_examples_run(tmp_path, monkeypatch):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(page), "exec"), namespace)
+
+
+def test_serve_a_store_on_s3_and_see_new_records(monkeypatch):
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+    import s3fs
+
+    from ndt_store.synth import phase1_dataset
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        s3fs.S3FileSystem.clear_instance_cache()
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="web")
+        location = "s3://web/runs.zarr"
+        writer = ndt_store.synth_store(location, experiments=2, steps=0, records=30)
+        writer.create_run("live", {"capture": {"recorder": "test"}}, ["a", "b"])
+        ds, _ = phase1_dataset(np.random.default_rng(0), ["a", "b"], 10, 5)
+        writer.append_phase1("live", ds)
+        with running_server(location, refresh_s=0.0) as url:
+            with urllib.request.urlopen(url + "/api/runs") as r:
+                rows = json.load(r)["rows"]
+            assert [row["experiment"] for row in rows] == writer.experiments()
+            with urllib.request.urlopen(url + "/api/run?exp=live") as r:
+                assert len(json.load(r)["steps"]) == 10
+            more = ds.assign_coords({D.STEP: ds[D.STEP].values + 50})
+            writer.append_phase1("live", more)
+            with urllib.request.urlopen(url + "/api/run?exp=live") as r:
+                run = json.load(r)
+            assert run["steps"] == writer.phase1("live")[D.STEP].values.tolist()
+            assert len(run["steps"]) == 20
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+
+
+def test_run_view_can_hide_non_significant_jumps(stores):
+    store = stores[3]
+    every = views.run_view(store, "synth_mlp_0000")
+    significant = views.run_view(store, "synth_mlp_0000", show="significant")
+    assert significant["jumps"] == [j for j in every["jumps"] if j["significant"]]
+    assert len(significant["jumps"]) < len(every["jumps"])
