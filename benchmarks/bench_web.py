@@ -87,11 +87,13 @@ def run(quick: bool = False, stores: Path | None = None) -> list[dict[str, Any]]
     keep = stores or tmp
     browser = headless_chromium()
     try:
-        big, small = keep / f"big{big_n}.zarr", keep / f"small55{'q' if quick else ''}.zarr"
+        tag = "q" if quick else ""
+        big, small = keep / f"big{big_n}{tag}.zarr", keep / f"small55{tag}.zarr"
         t0 = time.perf_counter()
-        for path, n, records in ((big, big_n, 100), (small, 55, 100 if quick else 400)):
+        records = 100 if quick else 400  # the study's runs hold ~400 records
+        for path, n in ((big, big_n), (small, 55)):
             done = path / "experiments"
-            if not (done.is_dir() and len(list(done.iterdir())) == n):
+            if not (done.is_dir() and sum(p.is_dir() for p in done.iterdir()) == n):
                 shutil.rmtree(path, ignore_errors=True)
                 _make(path, n, records)
         made = time.perf_counter() - t0

@@ -252,3 +252,23 @@ def test_run_view_can_hide_non_significant_jumps(stores):
     significant = views.run_view(store, "synth_mlp_0000", show="significant")
     assert significant["jumps"] == [j for j in every["jumps"] if j["significant"]]
     assert len(significant["jumps"]) < len(every["jumps"])
+
+
+def test_polled_payloads_are_recomputed_only_when_the_run_changed(tmp_path):
+    from ndt_store.synth import phase1_dataset
+    from ndt_store.web.server import WebApp
+
+    store = ndt_store.synth_store(tmp_path / "p.zarr", experiments=1, steps=2, records=30)
+    exp = store.experiments()[0]
+    app = WebApp(ndt_store.open_store(tmp_path / "p.zarr", mode="r"), refresh_s=0.0)
+    q = {"exp": [exp]}
+    first = app.payload("run", q)
+    assert app.payload("run", q) is first  # nothing changed: the cached payload
+    moments = app.payload("moments", q)
+    assert app.payload("moments", q) is moments
+    ds, _ = phase1_dataset(np.random.default_rng(1), list(first["layers"]), 5, 5)
+    store.append_phase1(exp, ds.assign_coords({D.STEP: ds[D.STEP].values + 10_000}))
+    again = app.payload("run", q)
+    assert again is not first and len(again["steps"]) == len(first["steps"]) + 5
+    store.write_snapshot(exp, 10_000, weights={"layers.0.weight": np.ones((32, 32))})
+    assert app.payload("moments", q) is not moments

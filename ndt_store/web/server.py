@@ -20,6 +20,7 @@ import logging
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,9 @@ CSP = (
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 """Content-Security-Policy of every page: scripts only from this server, no inline script."""
+
+CACHE_SIZE = 64
+"""Run and moments payloads kept, keyed by their query and what they were computed from."""
 
 _STATIC: dict[str, tuple[str, Callable[[], str]]] = {
     "plotly.min.js": ("text/javascript; charset=utf-8", plotly_js),
@@ -90,6 +94,7 @@ class WebApp:
         self.refresh_s = float(refresh_s)
         self._lock = threading.Lock()
         self._refreshed = time.monotonic()
+        self._cache: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
 
     def payload(self, view: str, query: Mapping[str, list[str]]) -> dict[str, Any]:
         """The data of ``view`` for a parsed query string (raises NdtStoreError on bad input)."""
@@ -98,7 +103,24 @@ class WebApp:
             if now - self._refreshed >= self.refresh_s:
                 self.store.refresh()
                 self._refreshed = now
-            return self._compute(view, query)
+            key = self._cache_key(view, query)
+            if key is not None and key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            payload = self._compute(view, query)
+            if key is not None:
+                self._cache[key] = payload
+                while len(self._cache) > CACHE_SIZE:
+                    self._cache.popitem(last=False)
+            return payload
+
+    def _cache_key(self, view: str, q: Mapping[str, list[str]]) -> tuple[Any, ...] | None:
+        """What a run or moments payload depends on, read cheaply (None: not cached)."""
+        if view not in ("run", "moments"):
+            return None
+        exp = views.validate_experiment(self.store, _one(q, "exp"))
+        query = tuple(sorted((k, tuple(v)) for k, v in q.items()))
+        return (view, query, *views.fingerprint(self.store, exp, phase1=view == "run"))
 
     def _compute(self, view: str, q: Mapping[str, list[str]]) -> dict[str, Any]:
         s = self.store

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,10 +33,12 @@ __all__ = [
     "RUN_COLUMNS",
     "VIEWS",
     "compare_view",
+    "fingerprint",
     "moments_view",
     "plain",
     "run_view",
     "runs_view",
+    "validate_experiment",
     "view_csv",
 ]
 
@@ -90,10 +93,33 @@ def _name(value: Any, kind: str) -> str:
     return validate_name(value, kind=kind)
 
 
-def _experiment(store: Store, experiment: Any) -> str:
+def validate_experiment(store: Store, experiment: Any) -> str:
+    """``experiment`` if it is a valid name of an experiment in ``store`` (else an error)."""
     name = _name(experiment, "experiment")
     store.metadata(name)  # NotFoundError naming the store and the known runs
     return name
+
+
+_experiment = validate_experiment
+
+
+def fingerprint(store: Store, experiment: str, *, phase1: bool) -> tuple[Any, ...]:
+    """What a view of ``experiment`` is computed from, cheaply: a changed value means redraw.
+
+    The run metadata and snapshot steps (one small metadata read) and, with
+    ``phase1``, the number of records and the last step and loss.
+    """
+    meta = store.metadata(experiment)
+    key: tuple[Any, ...] = (
+        repr(sorted(meta.items(), key=lambda kv: kv[0])),
+        tuple(store.snapshot_steps(experiment)),
+    )
+    if phase1:
+        ds = store.phase1(experiment)
+        n = ds.sizes[D.STEP]
+        last = (int(ds[D.STEP].values[-1]), float(ds[D.LOSS].values[-1])) if n else None
+        key += (n, last)
+    return key
 
 
 def _metric(metric: Any) -> str:
@@ -390,7 +416,9 @@ def moments_view(
 def _series(ds: xr.Dataset, metric: str, layer: str) -> np.ndarray:
     x = ds[metric].transpose(D.STEP, D.LAYER).values
     if layer == "mean":
-        return np.nanmean(x, axis=1) if x.size else np.zeros(x.shape[0])
+        with warnings.catch_warnings():  # a step where no layer has a value stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(x, axis=1) if x.size else np.zeros(x.shape[0])
     if layer in ("first", "last"):
         return x[:, 0 if layer == "first" else -1]
     layers = [str(v) for v in ds[D.LAYER].values]
