@@ -51,8 +51,10 @@ def shoot(driver: Any, url: str, name: str, out: Path, *, height: int | None = N
     driver.set_window_size(1400, 900)
     driver.get(url)
     wait_ready(driver, timeout=120)
-    full = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1400, min(height or full, 2400))
+    full, chrome = driver.execute_script(
+        "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]"
+    )
+    driver.set_window_size(1400, min(height or full, 2400) + chrome)
     driver.execute_script("window.dispatchEvent(new Event('resize'))")
     wait_ready(driver, timeout=120)
     driver.execute_script("return new Promise(r => setTimeout(r, 600))")

@@ -379,6 +379,20 @@ def test_open_page_shows_records_appended_while_it_is_open(browser, url, store_p
     _wait(lambda: browser.execute_script("return window.ndt.payload.status") == "complete")
 
 
+def test_runs_table_shows_a_new_recording_run_and_its_status(browser, url, store_path):
+    _open(browser, url + "/")
+    status = (
+        "const tr = document.querySelector('#runs-table tbody tr[data-experiment=\"live_2\"]');"
+        "return tr ? tr.querySelector('td.status').textContent : null"
+    )
+    assert browser.execute_script(status) is None
+    writer = ndt_store.open_store(store_path)
+    writer.create_run("live_2", {"arch_name": "rec", "capture": {"recorder": "test"}}, LAYERS)
+    _wait(lambda: browser.execute_script(status) == "recording")
+    writer.update_metadata("live_2", capture={"recorder": "test", "status": "complete"})
+    _wait(lambda: browser.execute_script(status) == "complete")
+
+
 # ---------------------------------------------------------------- read-only
 def test_server_refuses_writes(url, store_path):
     before = tree_snapshot(store_path)

@@ -360,7 +360,7 @@
       const ends = p.weights.intervals.map((s) => parseInt(s.split("→")[1], 10));
       const i0 = starts.indexOf(p.before), i1 = ends.indexOf(p.after);
       const shapes = i0 >= 0 && i1 >= i0 ? [{ type: "rect", xref: "x", yref: "paper", x0: i0 - 0.5, x1: i1 + 0.5,
-        y0: 0, y1: 1, line: { color: "#000", width: 2 }, fillcolor: "rgba(0,0,0,0)" }] : [];
+        y0: 0, y1: 1, line: { color: "#ff4136", width: 3 }, fillcolor: "rgba(0,0,0,0)" }] : [];
       done.push(plot("weights", [{ type: "heatmap", z: p.weights.relative_change, x: p.weights.intervals,
         y: p.weights.parameters.map(pe), colorscale: "Viridis", colorbar: { title: { text: "‖Δw‖/‖w‖" } },
         hovertemplate: "%{y}<br>%{x}<br>%{z:.4g}<extra></extra>" }],
@@ -443,7 +443,10 @@
 
   // -------------------------------------------------------------------- main
   const VIEWS = {
-    runs: { title: "runs", build: buildRuns, draw: drawRuns },
+    runs: {
+      title: "runs", build: buildRuns, draw: drawRuns, pollFactor: 3, // listing every run costs more
+      redraw: (p, old) => (JSON.stringify(p.columns) === JSON.stringify(old.columns) ? drawRunsBody(p) : drawRuns(p)),
+    },
     run: { title: "run", build: (p) => buildRun(p, document.getElementById("app")), draw: (p) => drawRun(p) },
     moments: { title: "moments", build: (p) => buildMoments(p, document.getElementById("app")), draw: drawMoments },
     compare: { title: "compare runs", build: buildCompare, draw: drawCompare },
@@ -467,13 +470,14 @@
           const text = JSON.stringify(next);
           if (text === last) return;
           last = text;
+          const old = ndt.payload;
           ndt.payload = next;
-          await view.draw(next);
+          await (view.redraw ? view.redraw(next, old) : view.draw(next));
           ndt.renders += 1;
         } catch (err) {
           ndt.errors.push("poll: " + err);
         }
-      }, CFG.poll_ms);
+      }, CFG.poll_ms * (view.pollFactor || 1));
     }
   }
   start();
