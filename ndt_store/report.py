@@ -895,8 +895,11 @@ def write_report(
             results["figures"] = _figures(store, results, tmp)
         markdown = report_markdown(results)
         (tmp / "comparison_report.md").write_text(markdown, encoding="utf-8")
-        if html_page:
-            (tmp / "report.html").write_text(_html(markdown, tmp), encoding="utf-8")
+        if html_page:  # interactive with the [web] extra, else the static page
+            from ndt_store.web.report_page import report_page
+
+            page = report_page(store, results, _html(markdown, tmp))
+            (tmp / "report.html").write_text(page, encoding="utf-8")
         (tmp / "analysis_results.json").write_text(
             json.dumps(jsonable(results), indent=2, allow_nan=False), encoding="utf-8"
         )

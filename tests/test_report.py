@@ -78,7 +78,7 @@ def test_report_files_and_values(rich_store, tmp_path):
     assert "| fc2 | 5.0286 |" in md  # the jump row: magnitude, then noise floor and p-value
     assert "![" in md and "run_loss_moments.png" in md
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 6 and 'src="run_' not in html
+    assert html.count('" src="data:image/png;base64,') == 6 and 'src="run_' not in html
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.tmp")]
 
 

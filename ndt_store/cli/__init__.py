@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ndt_store.cli._synth_cmd",
     "ndt_store.cli._verify_cmd",
     "ndt_store.cli._estimate_cmd",
+    "ndt_store.cli._serve_cmd",
 )
 
 
@@ -47,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "synth": "ndt_store.cli._synth_cmd",
     "verify": "ndt_store.cli._verify_cmd",
     "estimate": "ndt_store.cli._estimate_cmd",
+    "serve": "ndt_store.cli._serve_cmd",
 }
 """Command name -> the module that registers it (a command not listed is found in
 ``COMMAND_MODULES`` by building the full parser)."""
