@@ -313,8 +313,6 @@ def _translate(
     return None
 
 
-
-
 def check_local_target(location: str | os.PathLike[str]) -> None:
     """Refuse a local ``location`` that cannot be a store directory.
 
