@@ -324,13 +324,22 @@ class Store:
             self._entries = dict(sorted(self._entries.items()))
         self._phase1_cache.pop(experiment, None)
 
-    def delete_experiment(self, experiment: str) -> None:
+    def delete_experiment(self, experiment: str, *, keep_for_readers: bool = True) -> None:
         """Delete ``experiment`` and everything stored for it.
 
         The experiment disappears from listings at once (one metadata write). Its
         arrays are kept for :data:`GRACE_SECONDS` for readers that opened it before,
         then removed by :meth:`collect_garbage` (called here, and by the next
         write of the same name).
+
+        Parameters
+        ----------
+        experiment
+            The experiment to delete.
+        keep_for_readers
+            ``False`` removes the arrays at once (for undoing an experiment that a
+            failed command has just created, which no reader relies on); groups an
+            earlier removal keeps for readers still stay their grace period.
         """
         experiment = validate_name(experiment)
         self._entry(experiment)
@@ -338,6 +347,12 @@ class Store:
             entry = self._committed(experiment)
             self._guard_local(experiment)
             grp = self._exp_group(experiment)
+            if not keep_for_readers and not entry.get("retired"):
+                grp.attrs.update({EXP_ATTR: {"committed": False}})
+                self._experiments_group().__delitem__(experiment)
+                self._entries.pop(experiment, None)
+                self.refresh()
+                return
             now = time.time()
             live = [r for r in _live_groups(entry, now) if r["group"] in grp]
             retired = [*entry.get("retired", []), *live]

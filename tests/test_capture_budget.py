@@ -167,14 +167,14 @@ def test_large_snapshot_tensors_are_chunked_small_ones_are_one_chunk(tmp_path, m
         assert np.prod(chunk) * 4 <= 64 * 2**20
     monkeypatch.setattr(store_mod, "SNAPSHOT_CHUNK_BYTES", 1024)
     store = ndt_store.open_store(tmp_path / "s.zarr", mode="w")
-    store.create_run("c", {"arch_name": "x"}, ["l"])
+    store.create_run("run", {"arch_name": "x"}, ["l"])
     big = np.random.default_rng(0).random((4, 2, 16, 16)).astype(np.float32)  # 8 KiB
     small = np.ones((2, 4), dtype=np.float32)
-    store.write_snapshot("c", 0, attention={"l": big}, weights={"w": small})
-    frame = store._snapshot_frame("c")
+    store.write_snapshot("run", 0, attention={"l": big}, weights={"w": small})
+    frame = store._snapshot_frame("run")
     assert frame.array("attention/l").chunks == (1, 1, 1, 16, 16)
     assert frame.array("weights/w").chunks == (1, 2, 4)
-    np.testing.assert_array_equal(store.attention("c", "l").sel(step=0).values, big)
+    np.testing.assert_array_equal(store.attention("run", "l").sel(step=0).values, big)
 
 
 def test_estimate_command(tmp_path, capsys):

@@ -147,3 +147,14 @@ def test_budget_in_bytes_and_no_duplicate_steps() -> None:
     assert js.budget.used_bytes <= 1300 and js.budget.used_bytes == 200 * len(out)
     assert [j.step for j in js.skipped] == [90]
     assert len(out) == len(set(out))
+
+
+def test_non_finite_activations_give_nan_metrics_not_a_failed_recording():
+    from ndt_store.capture.metrics import gram_singular_values
+
+    good = torch.eye(3, dtype=torch.float32)
+    bad = torch.full((3, 3), float("nan"))
+    s_good, s_bad = gram_singular_values([good, bad])
+    assert torch.isnan(s_bad).all()
+    expected = np.linalg.svd(good.numpy().astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(s_good.numpy(), expected, atol=1e-12)

@@ -106,11 +106,36 @@ def gram_singular_values(activations: Sequence[Any]) -> list[Any]:
             for i in idx:
                 out[i] = grams[i].new_zeros(0)
             continue
-        lam = torch.linalg.eigvalsh(torch.stack([grams[i] for i in idx]))
+        lam = _eigenvalues(torch.stack([grams[i] for i in idx]))
         sv = torch.sqrt(torch.clamp(lam, min=0.0)).flip(-1)
         for k, i in enumerate(idx):
             out[i] = sv[k]
     return out
+
+
+def _eigenvalues(stack: Any) -> Any:
+    """Eigenvalues of a stack of symmetric matrices; NaN for a matrix that has none.
+
+    A diverging run gives non-finite activations, and LAPACK may fail to converge on
+    an ill-conditioned Gram matrix: the metrics of that layer are then NaN, and the
+    recording goes on (a measurement never stops training).
+    """
+    import torch
+
+    finite = torch.isfinite(stack).all(dim=-1).all(dim=-1)
+    safe = torch.where(finite[:, None, None], stack, torch.zeros((), dtype=stack.dtype))
+    try:
+        lam = torch.linalg.eigvalsh(safe)
+    except RuntimeError:  # one matrix did not converge: the others still count
+        rows = []
+        for m in safe:
+            try:
+                rows.append(torch.linalg.eigvalsh(m))
+            except RuntimeError:
+                rows.append(torch.full(m.shape[:1], float("nan"), dtype=m.dtype))
+        lam = torch.stack(rows)
+    lam[~finite] = float("nan")
+    return lam
 
 
 def metrics_from_singular_values(s: Any, *, eps: float = EPS, as_published: bool = False) -> Any:

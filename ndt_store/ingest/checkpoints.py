@@ -653,7 +653,7 @@ def _remove_if_created(store: Store, experiment: str, created: bool) -> None:
     try:
         store.refresh()
         if experiment in store:
-            store.delete_experiment(experiment)
+            store.delete_experiment(experiment, keep_for_readers=False)
     except Exception:  # the original error matters more; a later write removes leftovers
         pass
 
