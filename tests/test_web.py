@@ -261,7 +261,25 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * logp).sum(-1).mean(axis=(0, 2))
 
 
-def _cka(x: np.ndarray, y: np.ndarray) -> float:
+def _hsic_unbiased(k: np.ndarray, m: np.ndarray) -> float:
+    """Song et al. (2012), eq. 5: the unbiased HSIC estimator from two Gram matrices."""
+    n = k.shape[0]
+    k, m = k - np.diag(np.diag(k)), m - np.diag(np.diag(m))
+    one = np.ones(n)
+    return float(
+        np.trace(k @ m)
+        + (one @ k @ one) * (one @ m @ one) / ((n - 1) * (n - 2))
+        - 2 / (n - 2) * (one @ k @ m @ one)
+    ) / (n * (n - 3))
+
+
+def _cka(x: np.ndarray, y: np.ndarray, estimator: str) -> float:
+    x = x.reshape(len(x), -1)
+    y = y.reshape(len(y), -1)
+    if estimator == "debiased":
+        k, m = x @ x.T, y @ y.T
+        return _hsic_unbiased(k, m) / np.sqrt(_hsic_unbiased(k, k) * _hsic_unbiased(m, m))
+    assert estimator == "biased", estimator
     x = x - x.mean(0)
     y = y - y.mean(0)
     return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
@@ -316,7 +334,8 @@ def test_click_jump_opens_its_moment_with_stored_values(browser, url, store, sho
         np.testing.assert_allclose(row, rel, rtol=1e-5, err_msg=name)
     cka = _traces(browser, "cka")[0]
     act = store.activations(exp, p["cka"]["layer"]).values.astype(np.float64)
-    want = [[_cka(act[i], act[j]) for j in range(len(act))] for i in range(len(act))]
+    est = p["cka"]["estimator"]
+    want = [[_cka(act[i], act[j], est) for j in range(len(act))] for i in range(len(act))]
     np.testing.assert_allclose(cka["z"], want, rtol=1e-5, atol=1e-7)
     _shot(browser, shots, "moments")
     # the URL (head included) reproduces the view

@@ -338,8 +338,10 @@ def _cka(store: Store, experiment: str, layer: str | None) -> dict[str, Any] | N
     a = a.isel({D.STEP: keep.astype(int)}).compute()
     x = a.rename({D.STEP: "step_a"})
     y = a.rename({D.STEP: "step_b"})
-    m = linear_cka(x, y).transpose("step_a", "step_b").values
+    cka = linear_cka(x, y)
+    m = cka.transpose("step_a", "step_b").values
     return {
+        "estimator": cka.attrs.get("estimator"),
         "layer": layer,
         "layers": list(acts),
         "steps": [int(s) for s in a[D.STEP].values],

@@ -325,7 +325,7 @@
           el("div", { id: "attn-diff", class: "plot third", style: "height:340px" }))) : null,
       p.attention ? section("Attention entropy change per head (after − before, nats)", "entropy", 280) : null,
       p.weights ? section("Relative weight change per parameter between consecutive snapshots", "weights", 300) : null,
-      p.cka ? section("Linear CKA between snapshots (activations of " + p.cka.layer + ")", "cka", 400) : null);
+      p.cka ? section("Linear CKA, " + (p.cka.estimator || "") + " estimator, between snapshots (activations of " + p.cka.layer + ")", "cka", 400) : null);
   }
   function drawAttention(p) {
     const maps = p.attention.maps[momentState.layer];
