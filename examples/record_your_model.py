@@ -8,10 +8,8 @@ The loop is an ordinary one; the lines marked ``# <-`` are all the Recorder adds
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
-
-import torch
-from torch import nn
 
 import ndt_store
 from ndt_store.capture import JumpPolicy, Recorder
@@ -20,6 +18,13 @@ parser = argparse.ArgumentParser(description="Record a small PyTorch training lo
 parser.add_argument("--out", help="folder for runs.zarr (default: a new temporary folder)")
 parser.add_argument("--steps", type=int, default=300, help="training steps (300)")
 args = parser.parse_args()
+
+try:
+    import torch
+    from torch import nn
+except ImportError:
+    sys.exit("this example trains a PyTorch model: pip install torch==2.13.0")
+
 out = args.out or tempfile.mkdtemp()
 steps = args.steps
 torch.manual_seed(0)

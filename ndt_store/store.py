@@ -186,7 +186,10 @@ class Store:
         grp = self._root.get(EXPERIMENTS)
         if grp is None:
             self._check_writable()
-            grp = self._root.create_group(EXPERIMENTS)
+            try:
+                grp = self._root.create_group(EXPERIMENTS)
+            except ContainsGroupError:  # another writer created it just now
+                grp = self._root[EXPERIMENTS]
         assert isinstance(grp, zarr.Group)
         return grp
 

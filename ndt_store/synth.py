@@ -121,7 +121,7 @@ def phase1_dataset(
         for j in rng.choice(n_l, size=max(1, n_l // 3), replace=False):
             index = int(rng.integers(records // 10, records - records // 10))
             size = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.5) * (abs(rise[j]) + 1.0))
-            if sr[index:, j].min() - abs(size) < 1.05:  # keep stable rank >= 1: jump up
+            if float(np.min(sr[index:, j])) - abs(size) < 1.05:  # keep stable rank >= 1: jump up
                 size = abs(size)
             sr[index:, j] += size
             jumps.append([layers[j], index, size])

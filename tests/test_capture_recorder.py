@@ -498,3 +498,27 @@ def test_step_outside_context_and_decreasing_steps(store) -> None:
 def test_importing_ndt_store_does_not_import_torch() -> None:
     code = "import sys, ndt_store, ndt_store.capture; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_resume_with_a_snapshot_but_no_phase1_record_starts_at_step_zero(
+    store, monkeypatch
+) -> None:
+    # a run killed after its step-0 snapshot committed but before record 0 was written
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(10, 6)
+    with monkeypatch.context() as m:
+        m.setattr(store, "append_phase1", lambda *a, **k: None)
+        with Recorder(store, "snap0", model, probe=x, every=1, snapshot_steps=[0]) as rec:
+            rec.step(0, loss=1.0)
+    assert store.phase1("snap0")[D.STEP].size == 0
+    assert store.snapshot_steps("snap0") == [0]
+    before = store.weights("snap0")["0.weight"].sel(step=0).values.copy()
+
+    with Recorder(store, "snap0", model, probe=x, every=1, snapshot_steps=[0]) as rec:
+        assert rec.start_step == 0
+        for step in range(3):
+            rec.step(step, loss=1.0)
+    assert store.phase1("snap0")[D.STEP].values.tolist() == [0, 1, 2]
+    assert store.snapshot_steps("snap0") == [0]
+    np.testing.assert_array_equal(store.weights("snap0")["0.weight"].sel(step=0).values, before)

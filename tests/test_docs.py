@@ -23,6 +23,13 @@ RUNNABLE = [
     "measurements.md",
 ]
 NEEDS_TORCH = {"capture.md", "quickstart.md"}  # their examples train a model
+# optional packages a page's examples may import: the page is skipped where one is absent
+OPTIONAL = ("torch", "transformers", "lightning", "safetensors", "sklearn")
+
+
+def _optional_imports(blocks: list[str]) -> list[str]:
+    names = re.findall(r"^\s*(?:import|from)\s+(\w+)", "\n".join(blocks), flags=re.M)
+    return sorted({n for n in names if n in OPTIONAL})
 
 
 @pytest.mark.parametrize("page", RUNNABLE)
@@ -34,6 +41,8 @@ def test_doc_examples_run(page, tmp_path, monkeypatch):
     assert blocks, f"{page} has no python example"
     if page in NEEDS_TORCH:
         pytest.importorskip("torch", reason=f"{page}'s examples train a PyTorch model")
+    for module in _optional_imports(blocks):
+        pytest.importorskip(module, reason=f"{page}'s examples import {module}")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:

@@ -259,7 +259,11 @@ def cka_bootstrap(
         else:  # re-center on the resample: H K H
             kb = _double_center(kb)
             mb = _double_center(mb)
-            hs = tuple(np.sum(a * b, axis=(-2, -1)) for a, b in ((kb, mb), (kb, kb), (mb, mb)))
+            hs = (
+                np.sum(kb * mb, axis=(-2, -1)),
+                np.sum(kb * kb, axis=(-2, -1)),
+                np.sum(mb * mb, axis=(-2, -1)),
+            )
         out.append(_ratio(*hs, debiased=debiased))
     return np.concatenate(out, axis=-1)
 

@@ -568,14 +568,10 @@ class Recorder:
             )
         steps = self.store.phase1(self.experiment)[D.STEP].values
         self._stored_snapshots = set(self.store.snapshot_steps(self.experiment))
-        # resume after the last Phase 1 record (a snapshot committed after it, whose
-        # record was still buffered when the run died, is kept and not re-taken)
-        if steps.size:
-            self.last_stored_step = int(steps[-1])
-        elif self._stored_snapshots:
-            self.last_stored_step = max(self._stored_snapshots)
-        else:
-            self.last_stored_step = None
+        # resume after the last Phase 1 record, from step 0 when there is none (a
+        # snapshot committed after it, whose record was still buffered when the run
+        # died, is kept and not re-taken)
+        self.last_stored_step = int(steps[-1]) if steps.size else None
         self.start_step = 0 if self.last_stored_step is None else self.last_stored_step + 1
         if self.last_stored_step is not None:
             log.info(

@@ -52,7 +52,7 @@ def _check_rows(x: np.ndarray, axis: int) -> None:
     """Probability rows along ``axis`` must be non-negative and sum to one."""
     if x.size == 0:
         return
-    sums = np.add.reduce(x, axis=axis, dtype=np.float64)
+    sums = np.asarray(np.sum(x, axis=axis, dtype=np.float64))
     bad = np.abs(sums - 1.0) > ROW_SUM_TOLERANCE
     low = float(np.min(x))
     if bad.any() or low < -ROW_SUM_TOLERANCE:
@@ -170,7 +170,7 @@ def _mean_entropy_block(
     if not axes:
         return e
     count = int(np.prod([e.shape[a] for a in axes]))
-    total = np.add.reduce(e, axis=axes, dtype=np.float64)
+    total = np.sum(e, axis=axes, dtype=np.float64)
     return (total / count).astype(e.dtype, copy=False) if count else np.full_like(total, np.nan)
 
 
