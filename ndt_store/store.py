@@ -29,11 +29,9 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
-import xarray as xr
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -73,6 +71,10 @@ from ndt_store.errors import (
     NotFoundError,
     ReadOnlyError,
 )
+
+if TYPE_CHECKING:  # xarray and pandas load on first use: `ls`, `show`, `verify` need neither
+    import pandas as pd
+    import xarray as xr
 
 FORMAT_VERSION = 1
 ROOT_ATTR = "ndt_store"
@@ -154,6 +156,7 @@ class Store:
         self._listed = False
         self._exact: set[str] = set()  # entries known current: read or written under our lock
         self._phase1_cache: dict[str, tuple[str, xr.Dataset, dict[str, np.ndarray]]] = {}
+        self._phase1_arrays: dict[str, tuple[str, dict[str, np.ndarray]]] = {}
 
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -174,6 +177,7 @@ class Store:
         self._entries = {}
         self._listed = False
         self._phase1_cache.clear()
+        self._phase1_arrays.clear()
         fs = getattr(self._root.store, "fs", None)
         if fs is not None and hasattr(fs, "invalidate_cache"):
             fs.invalidate_cache()  # fsspec caches directory listings of remote stores
@@ -326,6 +330,7 @@ class Store:
         if self._listed:
             self._entries = dict(sorted(self._entries.items()))
         self._phase1_cache.pop(experiment, None)
+        self._phase1_arrays.pop(experiment, None)
 
     def delete_experiment(self, experiment: str, *, keep_for_readers: bool = True) -> None:
         """Delete ``experiment`` and everything stored for it.
@@ -497,6 +502,7 @@ class Store:
         with self.writer(experiment):
             old = self._read_entry(experiment)  # fresh, under the lock
             self._phase1_cache.pop(experiment, None)
+            self._phase1_arrays.pop(experiment, None)
             kept: list[dict[str, Any]] = []
             if old is not None:
                 if content_hash is not None and old.get("content_hash") == content_hash:
@@ -542,6 +548,7 @@ class Store:
         with self.writer(experiment):
             old = self._read_entry(experiment)  # fresh, under the lock
             self._phase1_cache.pop(experiment, None)
+            self._phase1_arrays.pop(experiment, None)
             if old is not None:
                 have = list(self._phase1_numpy(experiment)[D.LAYER])
                 if have != list(layers):
@@ -602,13 +609,11 @@ class Store:
             return count
 
     def _phase1_numpy(self, experiment: str) -> dict[str, np.ndarray]:
-        return self._phase1_cached(experiment)[2]
-
-    def _phase1_cached(self, experiment: str) -> tuple[str, xr.Dataset, dict[str, np.ndarray]]:
+        """The Phase 1 arrays of ``experiment`` (cached by revision; no xarray)."""
         entry = self._entry(experiment)
-        cached = self._phase1_cache.get(experiment)
+        cached = self._phase1_arrays.get(experiment)
         if cached is not None and cached[0] == entry["revision"]:
-            return cached
+            return cached[1]
         frame = self._frame_at(f"{EXPERIMENTS}/{experiment}/{entry['phase1']}", experiment)
         if frame.rows == 0:
             layers = frame.read(D.LAYER)
@@ -623,10 +628,52 @@ class Store:
         else:
             arrays = frame.read_many((D.STEP, D.LAYER, "metrics", D.LOSS, D.GRAD_NORM, D.EPOCH))
         arrays[D.LAYER] = np.asarray([str(x) for x in arrays[D.LAYER]], dtype=object)
+        self._phase1_arrays[experiment] = (entry["revision"], arrays)
+        return arrays
+
+    def _phase1_cached(self, experiment: str) -> tuple[str, xr.Dataset, dict[str, np.ndarray]]:
+        entry = self._entry(experiment)
+        cached = self._phase1_cache.get(experiment)
+        if cached is not None and cached[0] == entry["revision"]:
+            return cached
+        arrays = self._phase1_numpy(experiment)
         ds = _phase1_dataset(arrays, entry.get("metadata", {}), experiment)
         cached = (entry["revision"], ds, arrays)
         self._phase1_cache[experiment] = cached
         return cached
+
+    def summary(self, experiment: str) -> dict[str, Any]:
+        """What ``ndt-store ls`` shows of one experiment, read without building a dataset.
+
+        Returns
+        -------
+        dict
+            ``experiment``, ``arch`` and ``dataset`` (from the metadata), ``records``,
+            ``first_step`` and ``last_step`` (``None`` without records), ``layers`` and
+            ``snapshots`` (counts).
+
+        Examples
+        --------
+        >>> import tempfile, ndt_store
+        >>> store = ndt_store.open_store(tempfile.mkdtemp() + "/s.zarr")
+        >>> store.create_run("e", {"arch_name": "mlp"}, ["fc1", "fc2"])
+        >>> store.summary("e")["layers"]
+        2
+        """
+        experiment = normalize_name(experiment)
+        arrays = self._phase1_numpy(experiment)
+        meta = self.metadata(experiment)
+        steps = arrays[D.STEP]
+        return {
+            "experiment": experiment,
+            "arch": str(meta.get("arch_name", "")),
+            "dataset": str(meta.get("dataset", "")),
+            "records": int(steps.size),
+            "first_step": int(steps[0]) if steps.size else None,
+            "last_step": int(steps[-1]) if steps.size else None,
+            "layers": int(arrays[D.LAYER].size),
+            "snapshots": len(self.snapshot_steps(experiment)),
+        }
 
     def _frame_at(self, path: str, experiment: str) -> Frame:
         """Open the frame group at ``path`` (relative to the root) in one metadata read."""
@@ -822,6 +869,8 @@ class Store:
     def _snapshot_arrays(
         self, experiment: str, kind: str, name: str | None
     ) -> dict[str, xr.DataArray]:
+        import xarray as xr
+
         experiment = normalize_name(experiment)
         name = None if name is None else normalize_name(name)
         frame, steps, rows = self._snapshot_rows(experiment, kind)
@@ -1009,6 +1058,8 @@ def _collect_due(grp: zarr.Group, retired: list[dict[str, Any]]) -> list[dict[st
 
 
 def _read_table(group: zarr.Group) -> pd.DataFrame:
+    import pandas as pd
+
     cols: Any = group.attrs.get("columns", [])
     data = {}
     for c in cols:
@@ -1085,6 +1136,8 @@ def _append_phase1_rows(frame: Frame, ds: xr.Dataset, layers: list[str]) -> int:
 def _phase1_dataset(
     arrays: dict[str, np.ndarray], metadata: dict[str, Any], name: str
 ) -> xr.Dataset:
+    import xarray as xr
+
     steps = arrays[D.STEP]
     data_vars: dict[str, Any] = {
         m: ((D.STEP, D.LAYER), arrays["metrics"][:, :, i]) for i, m in enumerate(D.PHASE1_METRICS)

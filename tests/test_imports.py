@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import ndt_store
@@ -108,8 +109,10 @@ def test_help_loads_no_numeric_stack(command):
 def small_store(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("light")
     path = tmp / "s.zarr"
-    ndt_store.ingest_phase1(
-        ndt_store.open_store(path), write_phase1_json(tmp / "run.json", n_records=12)
+    store = ndt_store.open_store(path)
+    ndt_store.ingest_phase1(store, write_phase1_json(tmp / "run.json", n_records=12))
+    store.write_snapshot(
+        "run", 5, weights={"w": np.ones((4, 3))}, activations={"fc1": np.ones((8, 4))}
     )
     return path
 
@@ -122,3 +125,5 @@ def small_store(tmp_path_factory) -> Path:
 def test_light_commands_load_only_what_they_use(small_store, args):
     modules = _modules_after(_cli([*args, "--store", str(small_store)]))
     assert _loaded(modules, NOT_FOR_LIGHT_COMMANDS) == [], args
+    # they read Zarr groups and arrays directly: no labeled-array or dataframe stack
+    assert _loaded(modules, ("xarray", "pandas", "dask")) == [], args

@@ -53,6 +53,43 @@ def print_table(df: pd.DataFrame, fmt: str = "table") -> None:
             print(df.to_string(index=False) if len(df) else "(no rows)")
 
 
+def print_rows(rows: list[dict[str, Any]], fmt: str = "table") -> None:
+    """Print dict rows like :func:`print_table`, without importing pandas.
+
+    ``None`` prints as an empty CSV cell, ``null`` in JSON and ``-`` in the table;
+    table columns are right-aligned under their names, floats with 6 significant digits.
+    """
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(row, default=_jsonable))
+        return
+    if fmt == "csv":
+        import csv
+
+        if rows:
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        return
+    if not rows:
+        print("(no rows)")
+        return
+    names = list(rows[0])
+    cells = [[_cell(r[n]) for n in names] for r in rows]
+    widths = [max(len(n), *(len(c[i]) for c in cells)) for i, n in enumerate(names)]
+    print(" ".join(n.rjust(w) for n, w in zip(names, widths, strict=True)))
+    for c in cells:
+        print(" ".join(v.rjust(w) for v, w in zip(c, widths, strict=True)))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

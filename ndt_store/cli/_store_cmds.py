@@ -9,9 +9,11 @@ from ndt_store.cli._common import (
     add_store,
     heartbeat,
     is_terminal,
-    print_table,
+    print_rows,
     removed_if_failed,
 )
+
+LS_COLUMNS = ("experiment", "arch", "dataset", "records", "steps", "layers", "snapshots")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -180,34 +182,20 @@ def _ingest_tables(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     import ndt_store
 
     store = ndt_store.open_store(args.store, mode="r")
     rows = []
     for name in store.experiments():
-        ds = store.phase1(name)
-        meta = store.metadata(name)
-        steps = ds.sizes["step"]
-        rows.append(
-            {
-                "experiment": name,
-                "arch": meta.get("arch_name", ""),
-                "dataset": meta.get("dataset", ""),
-                "records": steps,
-                "steps": f"{int(ds.step[0])}..{int(ds.step[-1])}" if steps else "-",
-                "layers": ds.sizes["layer"],
-                "snapshots": len(store.snapshot_steps(name)),
-            }
-        )
-    print_table(pd.DataFrame(rows), args.format)
+        info = store.summary(name)
+        first, last = info.pop("first_step"), info.pop("last_step")
+        info["steps"] = "-" if first is None else f"{first}..{last}"
+        rows.append({k: info[k] for k in LS_COLUMNS})
+    print_rows(rows, args.format)
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     import ndt_store
     from ndt_store.errors import NotFoundError
 
@@ -229,8 +217,7 @@ def _show(args: argparse.Namespace) -> int:
         f"experiment {args.experiment}  step {rec['step']} (asked {args.step})  "
         f"epoch {rec['epoch']}  loss {rec['loss']:.6g}  grad_norm {rec['grad_norm']:.6g}"
     )
-    df = pd.DataFrame([{"layer": k, **v} for k, v in metrics.items()])
-    print_table(df, args.format)
+    print_rows([{"layer": k, **v} for k, v in metrics.items()], args.format)
     return 0
 
 
