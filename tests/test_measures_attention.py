@@ -254,3 +254,33 @@ def test_raw_arrays_dims_inferred_or_given():
         attention_entropy(np.zeros((1,) * 6))
     with pytest.raises(InputError, match="names 3"):
         attention_entropy(p, dims=("a", "b", "key"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_row_check_finds_a_bad_row_in_any_block(dtype) -> None:
+    # rows of 64 keys: several kernel blocks; one bad row placed in the last block
+    rng = np.random.default_rng(3)
+    p = rng.random((9000, 64)).astype(dtype)
+    p /= p.sum(-1, keepdims=True)
+    p[4000] = np.nan  # NaN rows pass the check and give NaN
+    plain = k.entropy(p)
+    checked = k.entropy(p, row_tolerance=1e-3)
+    np.testing.assert_array_equal(checked, plain)
+    assert np.isnan(checked[4000]) and np.isfinite(np.delete(checked, 4000)).all()
+    bad = p.copy()
+    bad[-3] *= 1.01  # sums to 1.01: outside 1e-3
+    reference = float(np.sum(bad[-3], dtype=np.float64))
+    with pytest.raises(k.NotProbabilitiesError, match=f"sums to {reference:.4g}"):
+        k.entropy(bad, row_tolerance=1e-3)
+    close = p.copy()
+    close[-3] *= 1.0005  # within the tolerance
+    assert np.isfinite(k.entropy(np.delete(close, 4000, 0), row_tolerance=1e-3)).all()
+    neg = p.copy()
+    neg[-2, :2] = [-0.01, neg[-2, 0] + neg[-2, 1] + 0.01]  # sum kept, one value < -tol
+    with pytest.raises(k.NotProbabilitiesError, match=r"a value is -0\.01"):
+        k.entropy(neg, row_tolerance=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the check reports it; numpy does not warn
+        with pytest.raises(k.NotProbabilitiesError):
+            k.entropy(neg, row_tolerance=1e-3)
+    assert k.entropy(bad, from_logits=True, row_tolerance=1e-3).shape == (9000,)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["entropy", "float_dtype", "softmax"]
+__all__ = ["NotProbabilitiesError", "entropy", "float_dtype", "softmax"]
 
 _BLOCK_BYTES = 256 * 1024
 """Bytes of one working block (fits a core's L2 cache)."""
@@ -26,6 +26,36 @@ def float_dtype(dtype: npt.DTypeLike) -> np.dtype:
     (dtype('float32'), dtype('float64'))
     """
     return np.result_type(dtype, np.float32)
+
+
+class NotProbabilitiesError(ValueError):
+    """Rows given to :func:`entropy` with ``row_tolerance`` are not probabilities.
+
+    ``what`` says which check failed, e.g. ``"a row sums to 0.5"``.
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def _check_sums(sums: np.ndarray, tolerance: float) -> None:
+    """Raise :class:`NotProbabilitiesError` if a row sum is off 1 by more than ``tolerance``.
+
+    NaN sums pass (a NaN row's entropy is NaN).
+    """
+    dev = np.abs(sums - 1.0)
+    if (dev > tolerance).any():
+        bad = sums[dev > tolerance]
+        worst = float(bad[np.argmax(np.abs(bad - 1.0))])
+        raise NotProbabilitiesError(f"a row sums to {worst:.4g}")
+
+
+def _check_low(rows: np.ndarray, tolerance: float) -> None:
+    """Raise :class:`NotProbabilitiesError` if a value of ``rows`` is below ``-tolerance``."""
+    low = float(np.nanmin(rows)) if rows.size else 0.0
+    if low < -tolerance:
+        raise NotProbabilitiesError(f"a value is {low:.4g}")
 
 
 def _rowdot(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
@@ -52,7 +82,13 @@ def softmax(x: npt.ArrayLike, axis: int = -1) -> np.ndarray:
     return a
 
 
-def entropy(p: npt.ArrayLike, axis: int = -1, *, from_logits: bool = False) -> np.ndarray:
+def entropy(
+    p: npt.ArrayLike,
+    axis: int = -1,
+    *,
+    from_logits: bool = False,
+    row_tolerance: float | None = None,
+) -> np.ndarray:
     """Shannon entropy (natural log) of every row of ``p`` along ``axis``.
 
     ``p`` holds probabilities (each row sums to one); ``0 * log 0`` counts as 0,
@@ -67,6 +103,15 @@ def entropy(p: npt.ArrayLike, axis: int = -1, *, from_logits: bool = False) -> n
         Axis that each distribution lies along; it is removed from the result.
     from_logits
         Apply a softmax along ``axis`` before taking the entropy.
+    row_tolerance
+        If given (and not ``from_logits``), check that every row sums to 1 within
+        this tolerance and has no value below ``-row_tolerance``, block by block
+        while the block is in cache (no extra pass over memory).
+
+    Raises
+    ------
+    NotProbabilitiesError
+        If ``row_tolerance`` is given and a row is not a distribution.
 
     Returns
     -------
@@ -78,6 +123,10 @@ def entropy(p: npt.ArrayLike, axis: int = -1, *, from_logits: bool = False) -> n
     --------
     >>> entropy(np.array([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]])).round(6).tolist()
     [1.386294, 0.0]
+    >>> entropy(np.array([[0.5, 0.0]]), row_tolerance=1e-3)
+    Traceback (most recent call last):
+    ...
+    ndt_store._kernels.attention.NotProbabilitiesError: a row sums to 0.5
     """
     a = np.asarray(p)
     if from_logits:
@@ -93,15 +142,30 @@ def entropy(p: npt.ArrayLike, axis: int = -1, *, from_logits: bool = False) -> n
     block = max(1, _BLOCK_BYTES // (k * dtype.itemsize))
     work = np.empty((min(block, n), k), dtype=dtype)
     tiny = dtype.type(np.finfo(dtype).tiny)
+    check = row_tolerance is not None and not from_logits
+    tol = 0.0 if row_tolerance is None else float(row_tolerance)
+    if check:
+        ones = np.ones(k, dtype=dtype)
+        sums = np.empty(min(block, n), dtype=dtype)
     for start in range(0, n, block):
         rows_blk = rows[start : start + block]
         t = work[: rows_blk.shape[0]]
+        if check:  # the block is in cache: its row sums (one matrix-vector product) are cheap
+            np.matmul(rows_blk, ones, out=sums[: rows_blk.shape[0]])
+            _check_sums(sums[: rows_blk.shape[0]], tol)
         # log(p + tiny) is finite at p == 0, so 0 * log 0 contributes 0; for any
         # p >= ~1e-30 (float32) adding tiny changes nothing. An add is several
         # times cheaper than a clamp (np.maximum), and the row sums of p * log p
         # are one fused dot product per row.
         np.add(rows_blk, tiny, out=t)
-        np.log(t, out=t)
+        if check:  # a negative value is reported by _check_low below, not warned about
+            with np.errstate(invalid="ignore"):
+                np.log(t, out=t)
+        else:
+            np.log(t, out=t)
         _rowdot(t, rows_blk, out[start : start + rows_blk.shape[0]])
+        # a value below -tiny makes its row's entropy NaN: only then look for it
+        if check and np.isnan(out[start : start + rows_blk.shape[0]]).any():
+            _check_low(rows_blk, tol)
     np.subtract(0.0, out, out=out)  # 0 - x, not -x: a one-hot row gives +0.0
     return out.reshape(lead)

@@ -48,22 +48,24 @@ INFERRED_DIMS: dict[int, tuple[Hashable, ...]] = {
 """Dims given to a raw attention array by its number of dims (``[batch, heads, q, k]``...)."""
 
 
-def _check_rows(x: np.ndarray, axis: int) -> None:
-    """Probability rows along ``axis`` must be non-negative and sum to one."""
-    if x.size == 0:
-        return
-    sums = np.asarray(np.sum(x, axis=axis, dtype=np.float64))
-    bad = np.abs(sums - 1.0) > ROW_SUM_TOLERANCE
-    low = float(np.min(x))
-    if bad.any() or low < -ROW_SUM_TOLERANCE:
-        worst = float(sums[bad][np.argmax(np.abs(sums[bad] - 1.0))]) if bad.any() else 1.0
-        what = f"a row sums to {worst:.4g}" if bad.any() else f"a value is {low:.4g}"
-        raise InputError(
-            f"attention rows are not probabilities ({what}; each row must sum to 1 within "
-            f"{ROW_SUM_TOLERANCE:g}): pass from_logits=True for pre-softmax scores, or "
-            "normalise the rows",
-            field="attn",
-        )
+def _not_probabilities(what: str) -> InputError:
+    return InputError(
+        f"attention rows are not probabilities ({what}; each row must sum to 1 within "
+        f"{ROW_SUM_TOLERANCE:g}): pass from_logits=True for pre-softmax scores, or "
+        "normalise the rows",
+        field="attn",
+    )
+
+
+def _checked_entropy(x: Any, axis: int, from_logits: bool) -> np.ndarray:
+    """Row entropy along ``axis``; rows must be probabilities unless ``from_logits``.
+
+    The check runs inside the kernel, block by block, at no extra pass over memory.
+    """
+    try:
+        return _k.entropy(x, axis=axis, from_logits=from_logits, row_tolerance=ROW_SUM_TOLERANCE)
+    except _k.NotProbabilitiesError as exc:
+        raise _not_probabilities(exc.what) from None
 
 
 DEFAULT_KEEP: tuple[Hashable, ...] = (EXPERIMENT, STEP, LAYER)
@@ -71,9 +73,7 @@ DEFAULT_KEEP: tuple[Hashable, ...] = (EXPERIMENT, STEP, LAYER)
 
 
 def _entropy_block(x: Any, from_logits: bool) -> Any:
-    if not from_logits:
-        _check_rows(x, -1)
-    return _k.entropy(x, axis=-1, from_logits=from_logits)[..., None]
+    return _checked_entropy(x, -1, from_logits)[..., None]
 
 
 def _entropy_any(x: Any, *, from_logits: bool = False) -> Any:
@@ -92,9 +92,7 @@ def _entropy_any(x: Any, *, from_logits: bool = False) -> Any:
             dtype=_k.float_dtype(x.dtype),
         )
         return kept[..., 0]
-    if not from_logits:
-        _check_rows(np.asarray(x), -1)
-    return _k.entropy(x, axis=-1, from_logits=from_logits)
+    return _checked_entropy(x, -1, from_logits)
 
 
 def attention_entropy(
@@ -163,9 +161,7 @@ def _mean_entropy_block(
     x: np.ndarray, *, key_axis: int, avg_axes: tuple[int, ...], from_logits: bool
 ) -> np.ndarray:
     """Row entropy over ``key_axis``, then the mean over ``avg_axes`` (of ``x``)."""
-    if not from_logits:
-        _check_rows(x, key_axis)
-    e = _k.entropy(x, axis=key_axis, from_logits=from_logits)
+    e = _checked_entropy(x, key_axis, from_logits)
     axes = tuple(a - (a > key_axis) for a in avg_axes)
     if not axes:
         return e
