@@ -17,6 +17,7 @@ convex blending, so gigabytes are produced at close to disk speed.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -290,10 +291,14 @@ def synth_store(
     bar = _bar(experiments * (steps if tensors else 1), progress)
     n_threads = min(int(workers), experiments)
 
+    stop = threading.Event()  # set on Ctrl-C or a failure: threads stop between experiments
+
     def write(w: int) -> None:
         # each thread its own Store: no cache shared between writers
         own = store if w == 0 else open_store(store.location, storage_options=storage_options)
         for e in range(w, experiments, n_threads):
+            if stop.is_set():
+                return
             _one_experiment(
                 own, e, spec, tensors, seed, interval, snapshot_every, causal, prefix, bar
             )
@@ -302,9 +307,15 @@ def synth_store(
         if n_threads == 1:
             write(0)
         else:
-            with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            pool = ThreadPoolExecutor(max_workers=n_threads)
+            try:
                 for done in [pool.submit(write, w) for w in range(n_threads)]:
                     done.result()  # re-raise the first failure
+            except BaseException:
+                stop.set()  # each thread commits the experiment it is writing, then stops
+                raise
+            finally:
+                pool.shutdown(wait=True)
     finally:
         if bar is not None:
             bar.close()
