@@ -10,8 +10,10 @@ machine is shared and noisy), medians over repeats:
   training forward, Conv1D layers and lm_head tracked) — target overhead <= 5 %;
 * the same with jump-triggered snapshots on (model state kept at every
   measurement, snapshots of a jump with eager attention) — target <= 10 %;
-* bytes per snapshot: the estimate (``Recorder.estimate``, uncompressed) against
-  the bytes the second snapshot of a run added on disk — target within 10 %;
+* bytes per snapshot: the estimate of bytes on disk (``Recorder.estimate``'s
+  ``snapshot_stored``: each tensor's first MiB compressed at entry) against the bytes
+  the second snapshot of a run added on disk — target within 10 %; the uncompressed
+  estimate is reported beside it;
 * a burst of snapshots (one every step) through a writer queue bounded at
   ``--queue-mib``: the queue's peak bytes and the process's peak RSS.
 
@@ -124,12 +126,14 @@ def _snapshot_bytes(root: Path) -> dict[str, Any]:
         rec.flush()
         after = _du(root / "bytes.zarr")
     return {
-        "estimate": est["snapshot"],
+        "estimate": est["snapshot_stored"],
+        "estimate_uncompressed": est["snapshot"],
         "estimate_weights": est["snapshot_weights"],
         "estimate_activations": est["snapshot_activations"],
         "estimate_attention": est["snapshot_attention"],
         "on_disk": after - before,
-        "ratio": (after - before) / est["snapshot"],
+        "ratio": (after - before) / est["snapshot_stored"],
+        "ratio_to_uncompressed": (after - before) / est["snapshot"],
     }
 
 
@@ -242,7 +246,8 @@ def measure(steps: int, repeats: int, queue_mib: int, *, write: bool) -> dict[st
         + f"; load average {os.getloadavg()[0]:.1f} on {result['machine']['cpus']} CPUs"
     )
     print(
-        f"snapshot: estimate {snap['estimate'] / 2**20:.2f} MiB, on disk "
+        f"snapshot: estimate on disk {snap['estimate'] / 2**20:.2f} MiB (uncompressed "
+        f"{snap['estimate_uncompressed'] / 2**20:.2f} MiB), on disk "
         f"{snap['on_disk'] / 2**20:.2f} MiB (ratio {snap['ratio']:.3f})"
     )
     print(
@@ -282,8 +287,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
         {
             "case": "HF GPT-2 bytes one snapshot adds on disk",
             "ndt_store": snap["on_disk"] / 2**20, "baseline": snap["estimate"] / 2**20,
-            "unit": "MiB", "baseline_name": "Recorder.estimate (uncompressed)",
+            "unit": "MiB", "baseline_name": "Recorder.estimate['snapshot_stored'] (on disk)",
             "target": "within 10% of the estimate", "met": abs(snap["ratio"] - 1) <= 0.10,
+            "notes": f"ratio {snap['ratio']:.3f}; to the uncompressed estimate "
+            f"({snap['estimate_uncompressed'] / 2**20:.2f} MiB): "
+            f"{snap['ratio_to_uncompressed']:.3f}",
         },
         {
             "case": "HF GPT-2, a snapshot every step: writer queue peak",

@@ -55,6 +55,41 @@ def choose_compressors(sample: np.ndarray, *, min_ratio: float = 1.2) -> Any:
     return COMPRESSORS if raw.nbytes >= min_ratio * len(packed) else None
 
 
+def stored_nbytes(sample: np.ndarray, nbytes: int | None = None, *, adaptive: bool = False) -> int:
+    """Bytes a frame row keeps on disk, estimated by compressing ``sample`` as the frame does.
+
+    Parameters
+    ----------
+    sample
+        The row's values, or a leading part of them (e.g. its first MiB).
+    nbytes
+        The whole row's uncompressed bytes (default: ``sample.nbytes``); the sample's
+        compression ratio is applied to it.
+    adaptive
+        The column's codec is chosen by :func:`choose_compressors` (attention):
+        stored raw where it compresses less than 1.2x. Other columns always use
+        :data:`COMPRESSORS`.
+
+    Examples
+    --------
+    >>> stored_nbytes(np.zeros(1 << 16, np.float32)) < 4096  # zeros compress well
+    True
+    >>> x = np.random.default_rng(0).random(1 << 16, dtype=np.float32)
+    >>> stored_nbytes(x, adaptive=True) == x.nbytes  # random mantissas: kept raw
+    True
+    """
+    from numcodecs import blosc
+
+    raw = np.ascontiguousarray(sample).reshape(-1)
+    total = raw.nbytes if nbytes is None else int(nbytes)
+    if raw.nbytes == 0 or total == 0:
+        return 0
+    packed = len(blosc.compress(raw.tobytes(), typesize=raw.dtype.itemsize, cname=b"lz4", clevel=5))
+    if adaptive and total >= 4096 and raw.nbytes < 1.2 * packed:
+        return total
+    return max(1, round(total * packed / raw.nbytes))
+
+
 def child_groups(group: zarr.Group) -> list[tuple[str, zarr.Group]]:
     """``group.groups()`` without Zarr's warning about leftovers of interrupted writes.
 

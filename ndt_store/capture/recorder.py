@@ -55,6 +55,26 @@ log = logging.getLogger("ndt_store.capture")
 
 _RECORD_BYTES_PER_LAYER = 8 * len(D.PHASE1_METRICS)
 _RECORD_BYTES_FIXED = 8 * 4  # step, loss, grad_norm, epoch
+_SAMPLE_BYTES = 1 << 20
+"""Bytes of each tensor compressed at entry to estimate what a snapshot keeps on disk."""
+
+
+def _stored_bytes(tensor: Any, *, adaptive: bool = False) -> int:
+    """Bytes ``tensor`` will take in a snapshot on disk (from its first MiB, compressed).
+
+    Half-precision floats are stored as float32 (see :class:`HostTensor`).
+    """
+    from ndt_store._frame import stored_nbytes
+
+    flat = tensor.detach().reshape(-1)
+    itemsize = flat.element_size()
+    if flat.dtype.is_floating_point and itemsize < 4:
+        itemsize = 4
+    n = min(int(flat.numel()), max(1, _SAMPLE_BYTES // itemsize))
+    sample = to_host(flat[:n]).numpy()
+    return stored_nbytes(sample, int(flat.numel()) * itemsize, adaptive=adaptive)
+
+
 _LARGE_GRAM = 4096  # a float64 eigendecomposition of this size takes seconds on a CPU
 
 
@@ -377,8 +397,10 @@ class Recorder:
         -------
         dict
             ``phase1_record`` (bytes per record), ``phase1_records``, ``snapshot``
-            (bytes per snapshot) and its parts ``snapshot_weights``,
-            ``snapshot_activations``, ``snapshot_attention``,
+            (bytes per snapshot, uncompressed) and its parts ``snapshot_weights``,
+            ``snapshot_activations``, ``snapshot_attention``; ``snapshot_stored``
+            (what one snapshot keeps on disk: each tensor's first MiB compressed as
+            the store compresses it, the ratio applied to the whole tensor),
             ``scheduled_snapshots``, ``jump_budget``, ``max_bytes``, ``total`` and
             ``summary`` (the line the recorder logs).
 
@@ -659,6 +681,16 @@ class Recorder:
         a = sum(int(outs[n].numel() * outs[n].element_size()) for n in self.layers)
         t = sum(int(v.numel() * v.element_size()) for v in attn.values())
         snap = (w if self.capture_weights else 0) + (a if self.capture_activations else 0) + t
+        # what a snapshot keeps on disk: each tensor compressed as the store will do it
+        stored = sum(_stored_bytes(t_, adaptive=True) for t_ in attn.values())
+        if self.capture_weights:
+            stored += sum(
+                _stored_bytes(v)
+                for k, v in self.model.state_dict().items()
+                if k not in self.weight_aliases
+            )
+        if self.capture_activations:
+            stored += sum(_stored_bytes(outs[n]) for n in self.layers)
         total = self.total_steps
         n_records = None if total is None else total // self.every + 1
         scheduled: int | None = None
@@ -687,6 +719,7 @@ class Recorder:
             "phase1_record": record,
             "phase1_records": n_records,
             "snapshot": snap,
+            "snapshot_stored": stored,
             "snapshot_weights": w,
             "snapshot_activations": a,
             "snapshot_attention": t,
@@ -697,14 +730,16 @@ class Recorder:
         }
 
     def describe_estimate(self) -> str:
-        """One line: what the chosen capture settings will write (uncompressed)."""
+        """One line: what the chosen capture settings will write (uncompressed; a snapshot's
+        bytes on disk too, estimated by compressing each tensor's first MiB at entry)."""
         e = self._est
         recs = e["phase1_records"]
         text = (
             f"{self.experiment}: {len(self.layers)} layers, Phase 1 "
             f"{_human(e['phase1_record'])}/record"
             + (f" x {recs} = {_human(recs * e['phase1_record'])}" if recs is not None else "")
-            + f"; snapshot {_human(e['snapshot'])} (weights {_human(e['snapshot_weights'])}, "
+            + f"; snapshot {_human(e['snapshot'])} (~{_human(e['snapshot_stored'])} on disk; "
+            f"weights {_human(e['snapshot_weights'])}, "
             f"activations {_human(e['snapshot_activations'])}, "
             f"attention {_human(e['snapshot_attention'])})"
         )

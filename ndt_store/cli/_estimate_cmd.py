@@ -134,7 +134,8 @@ def _estimate(args: argparse.Namespace) -> int:
         ("snapshot weights", est["snapshot_weights"]),
         ("snapshot activations", est["snapshot_activations"]),
         ("snapshot attention", est["snapshot_attention"]),
-        ("snapshot (stored)", est["snapshot"]),
+        ("snapshot", est["snapshot"]),
+        ("snapshot on disk", est["snapshot_stored"]),
         ("total", est["total"]),
     ]
     for label, value in rows:
