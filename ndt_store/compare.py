@@ -11,11 +11,13 @@ Results are plain Python dicts of JSON types, ready for ``json.dump``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import dask
 import numpy as np
 import xarray as xr
+from dask.base import is_dask_collection
 
 from ndt_store._dims import (
     ACTIVATIONS,
@@ -38,8 +40,10 @@ from ndt_store.moments import CriticalMoment
 from ndt_store.store import Store
 
 __all__ = [
+    "IN_MEMORY_BYTES",
     "RELATIVE_EPS",
     "compare_representations",
+    "load_snapshots",
     "nearest_records",
     "phase1_changes",
     "tensor_changes",
@@ -164,13 +168,64 @@ def _before_after(da: xr.DataArray) -> dict[str, Any]:
     }
 
 
+IN_MEMORY_BYTES = 256 << 20
+"""Two steps' tensors up to this size are read into memory before they are compared."""
+
+
+def _loaded_if_small(
+    sources: dict[str, dict[str, xr.DataArray]], max_bytes: int = IN_MEMORY_BYTES
+) -> dict[str, dict[str, xr.DataArray]]:
+    """``sources`` with every array read (in one compute) if they total at most
+    ``max_bytes``; else unchanged (lazy)."""
+    flat = [(kind, name, da) for kind, das in sources.items() for name, da in das.items()]
+    if sum(da.nbytes for _, _, da in flat) > max_bytes:
+        return sources
+    values = dask.compute(*[da.data for _, _, da in flat])
+    out: dict[str, dict[str, xr.DataArray]] = {kind: {} for kind in sources}
+    for (kind, name, da), v in zip(flat, values, strict=True):
+        out[kind][name] = da.copy(data=np.asarray(v))
+    return out
+
+
+def load_snapshots(
+    store: Store, experiment: str, *, max_bytes: int = IN_MEMORY_BYTES
+) -> dict[str, dict[str, xr.DataArray]] | None:
+    """Every stored snapshot tensor of ``experiment``, read into memory in one compute.
+
+    For callers that compare many pairs of steps (a report): each chunk is read
+    once. Returns ``None`` when the tensors total more than ``max_bytes`` (compare
+    them lazily, pair by pair, instead).
+
+    Returns
+    -------
+    dict or None
+        ``{kind: {name: DataArray over (step, ...)}}`` for the kinds stored.
+    """
+    sources: dict[str, dict[str, xr.DataArray]] = {}
+    if store.snapshot_steps(experiment, WEIGHTS):
+        sources[WEIGHTS] = dict(store.weights(experiment))
+    if store.snapshot_steps(experiment, ACTIVATIONS):
+        sources[ACTIVATIONS] = dict(store.activations(experiment))
+    if store.snapshot_steps(experiment, ATTENTION):
+        sources[ATTENTION] = dict(store.attention(experiment))
+    total = sum(da.nbytes for das in sources.values() for da in das.values())
+    return None if total > max_bytes else _loaded_if_small(sources, max_bytes)
+
+
 def tensor_changes(
-    store: Store, experiment: str, step_before: int, step_after: int
+    store: Store,
+    experiment: str,
+    step_before: int,
+    step_after: int,
+    *,
+    loaded: Mapping[str, Mapping[str, xr.DataArray]] | None = None,
 ) -> dict[str, Any]:
     """Weight, activation and attention changes between two stored snapshot steps.
 
     Only kinds stored at *both* steps are compared; only those two steps are
-    read (one ``dask.compute`` for everything).
+    read. Up to :data:`IN_MEMORY_BYTES` they are read into memory in one
+    ``dask.compute`` and measured with numpy; larger ones stay lazy and are
+    measured in one ``dask.compute`` for everything.
 
     Returns
     -------
@@ -182,6 +237,12 @@ def tensor_changes(
         linear_cka}}``; selectivity is the mean class-selectivity index over
         units) and ``attention`` (``{layer: {head_entropy: {head: {before,
         after, change}}, mean_entropy, specialization_index}}``).
+
+    Parameters
+    ----------
+    loaded
+        The experiment's tensors from :func:`load_snapshots`: the two steps are
+        taken from them instead of being read.
     """
     pair = [int(step_before), int(step_after)]
     if pair[0] == pair[1]:
@@ -192,16 +253,34 @@ def tensor_changes(
         have = set(store.snapshot_steps(experiment, kind))
         return all(s in have for s in pair)
 
-    if stored(WEIGHTS):
+    # the two steps' tensors, lazily; read into memory at once when small (the usual
+    # case): the measures then run on numpy, without building a dask graph per tensor
+    sources: dict[str, dict[str, xr.DataArray]] = {}
+    if loaded is not None:
+        for kind in (WEIGHTS, ACTIVATIONS, ATTENTION):
+            if stored(kind) and kind in loaded:
+                sources[kind] = {k: v.sel({STEP: pair}) for k, v in loaded[kind].items()}
+    else:
+        if stored(WEIGHTS):
+            sources[WEIGHTS] = dict(store.weights(experiment, steps=pair))
+        if stored(ACTIVATIONS):
+            sources[ACTIVATIONS] = {
+                k: v.sel({STEP: pair}) for k, v in store.activations(experiment).items()
+            }
+        if stored(ATTENTION):
+            sources[ATTENTION] = {
+                k: v.sel({STEP: pair}) for k, v in store.attention(experiment).items()
+            }
+        sources = _loaded_if_small(sources)
+    if WEIGHTS in sources:
         lazy[WEIGHTS] = {}
-        for name, w in store.weights(experiment, steps=pair).items():
+        for name, w in sources[WEIGHTS].items():
             first = w.sel({STEP: pair[0]}).astype(np.float64)
             change = weight_change_between(w, pair[0], pair[1])
             lazy[WEIGHTS][name] = change.assign(norm_before=np.sqrt((first * first).sum()))
-    if stored(ACTIVATIONS):
+    if ACTIVATIONS in sources:
         acts: dict[str, Any] = {}
-        for layer, act in store.activations(experiment).items():
-            two = act.sel({STEP: pair})
+        for layer, two in sources[ACTIVATIONS].items():
             entry: dict[str, Any] = {
                 "sparsity": activation_sparsity(two),
                 "linear_cka": linear_cka(
@@ -213,10 +292,9 @@ def tensor_changes(
                 entry["selectivity"] = sel.mean([d for d in sel.dims if d != STEP])
             acts[layer] = entry
         lazy[ACTIVATIONS] = acts
-    if stored(ATTENTION):
+    if ATTENTION in sources:
         lazy[ATTENTION] = {
-            layer: attention_specialization(attn.sel({STEP: pair}))
-            for layer, attn in store.attention(experiment).items()
+            layer: attention_specialization(attn) for layer, attn in sources[ATTENTION].items()
         }
     # One compute for everything, over DataArrays: computing several Datasets that share
     # sub-expressions in one call trips a dask graph-merge error (dask 2026.8).
@@ -227,7 +305,9 @@ def tensor_changes(
                 flat += [(kind, name, str(v), value[v]) for v in value.data_vars]
             else:
                 flat += [(kind, name, k, v) for k, v in value.items()]
-    computed = dask.compute(*[item[3] for item in flat])
+    values = [item[3] for item in flat]
+    lazy_any = any(is_dask_collection(v) for v in values)
+    computed = dask.compute(*values) if lazy_any else values
     done: dict[str, dict[str, Any]] = {kind: {} for kind in lazy}
     for (kind, name, var, _), value in zip(flat, computed, strict=True):
         done[kind].setdefault(name, {})[var] = value
@@ -277,6 +357,7 @@ def compare_representations(
     experiment: str | None = None,
     tensors: bool = True,
     phase1: str = "nearest",
+    loaded: Mapping[str, Mapping[str, xr.DataArray]] | None = None,
 ) -> dict[str, Any]:
     """Compare a run at two moments: Phase 1 changes, and tensor changes where stored.
 
@@ -301,6 +382,9 @@ def compare_representations(
         steps (:func:`tensor_changes`) when present.
     phase1
         ``"nearest"`` (the study's rule) or ``"exact"`` (see above).
+    loaded
+        The experiment's tensors from :func:`load_snapshots`, when comparing
+        many pairs: nothing is read again.
 
     Returns
     -------
@@ -355,7 +439,7 @@ def compare_representations(
     else:  # a run with tensors only (e.g. ingested checkpoints)
         out.update(no_phase1, layer_changes={}, metric_changes={})
     if tensors and store.snapshot_steps(experiment):
-        out.update(tensor_changes(store, experiment, b, a))
+        out.update(tensor_changes(store, experiment, b, a, loaded=loaded))
         for kind in (WEIGHTS, ACTIVATIONS, ATTENTION):
             have = store.snapshot_steps(experiment, kind)
             if not have:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ndt_store._dims import (
@@ -57,7 +58,7 @@ from ndt_store._dims import (
     STEP,
     WEIGHTS,
 )
-from ndt_store.compare import compare_representations
+from ndt_store.compare import compare_representations, load_snapshots
 from ndt_store.errors import InputError
 from ndt_store.measures.attention import attention_specialization
 from ndt_store.measures.dynamics import (
@@ -246,6 +247,25 @@ def build_report(
         ``steps_used``), ``snapshot_comparisons``, ``summary`` and
         ``notice`` (the first-lines message when nothing significant is shown).
     """
+    return _build_report(
+        store, experiment, num_jumps=num_jumps, offset=offset, steps=steps, alpha=alpha,
+        include_nonsignificant=include_nonsignificant, metric=metric, num_periods=num_periods,
+    )[0]  # fmt: skip
+
+
+def _build_report(
+    store: Store,
+    experiment: str,
+    *,
+    num_jumps: int,
+    offset: int,
+    steps: StepMode,
+    alpha: float | None,
+    include_nonsignificant: bool,
+    metric: str,
+    num_periods: int,
+) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """:func:`build_report`, and the tested jump table it used (for the figures)."""
     if alpha is not None:
         alpha = check_alpha(alpha)
     meta = store.metadata(experiment)
@@ -314,13 +334,15 @@ def build_report(
             seen.add((m.moment_type, m.index))
             results["moments"].append(m)
     comparisons: dict[tuple[int, int], dict[str, Any]] = {}
+    # every pair below is compared from one in-memory read of the tensors (if small)
+    loaded = load_snapshots(store, experiment) if store.snapshot_steps(experiment) else None
     for e in events:
         e["comparisons"] = []
         before, during, after = e["moments"]
         for x, y in ((before, during), (during, after)):
             key = (int(x.step), int(y.step))
             if key not in comparisons:
-                c = compare_representations(store, x, y)
+                c = compare_representations(store, x, y, loaded=loaded)
                 c["id"] = _pair_id(*key)
                 c["pair"] = f"{x.moment_type}_to_{y.moment_type}"
                 c["title"] = f"step {key[0]} → {key[1]}"
@@ -333,14 +355,16 @@ def build_report(
     snaps = store.snapshot_steps(experiment, WEIGHTS)
     results["snapshot_comparisons"] = []
     for k, (a, b) in enumerate(itertools.pairwise(snaps)):
-        c = compare_representations(store, a, b, experiment=experiment, phase1="exact")
+        c = compare_representations(
+            store, a, b, experiment=experiment, phase1="exact", loaded=loaded
+        )
         c["id"] = f"interval-{k + 1}"
         c["title"] = f"snapshots {a} → {b}"
         results["snapshot_comparisons"].append(c)
     results["summary"] = _summary_changes(results["comparisons"] + results["snapshot_comparisons"])
     results["notice"] = _notice(results)
     results["figures"] = {}
-    return results
+    return results, table
 
 
 def _notice(results: dict[str, Any]) -> str | None:
@@ -392,8 +416,14 @@ def _train_moments(moments: Sequence[CriticalMoment]) -> list[dict[str, Any]]:
     ]
 
 
-def _figures(store: Store, results: dict[str, Any], tmp: Path) -> dict[str, str]:
-    """Write the figures whose data exist; ``{title: file name}``."""
+def _figures(
+    store: Store, results: dict[str, Any], tmp: Path, jumps: pd.DataFrame | None = None
+) -> dict[str, str]:
+    """Write the figures whose data exist; ``{title: file name}``.
+
+    ``jumps`` is the tested jump table the results were built from (computed
+    here when not given).
+    """
     experiment, metric = results["experiment"], results["metric"]
     moments = results["moments"]
     out: dict[str, str] = {}
@@ -406,13 +436,16 @@ def _figures(store: Store, results: dict[str, Any], tmp: Path) -> dict[str, str]
     ds = store.phase1(experiment)
     if ds.sizes.get(STEP, 0):
         if results["degenerate"] is None:
-            jumps = store_jumps(store, [experiment], metric=metric)
-            if results["alpha"] is not None:
-                jumps = flag_significance(jumps, results["alpha"])
-                flat = results["jump_counts"].get("degenerate_layers", [])
-                jumps["significant"] &= ~jumps["layer"].astype(str).isin(flat)
+            if jumps is not None and results["alpha"] is not None:
+                jumps = jumps.drop(columns="degenerate", errors="ignore")
             else:
-                jumps = jumps.drop(columns="significant")
+                jumps = store_jumps(store, [experiment], metric=metric)
+                if results["alpha"] is not None:
+                    jumps = flag_significance(jumps, results["alpha"])
+                    flat = results["jump_counts"].get("degenerate_layers", [])
+                    jumps["significant"] &= ~jumps["layer"].astype(str).isin(flat)
+                else:
+                    jumps = jumps.drop(columns="significant")
             save(
                 f"{metric} by layer and step (jumps marked)",
                 f"{metric}_heatmap",
@@ -883,7 +916,7 @@ def write_report(
     _check_out_dir(out)
     say = progress or (lambda _: None)
     say(f"analysing {experiment}")
-    results = build_report(
+    results, table = _build_report(
         store, experiment, num_jumps=num_jumps, offset=offset, steps=steps, alpha=alpha,
         include_nonsignificant=include_nonsignificant, metric=metric, num_periods=num_periods,
     )  # fmt: skip
@@ -892,7 +925,7 @@ def write_report(
     try:
         if figures:
             say(f"drawing the figures of {experiment}")
-            results["figures"] = _figures(store, results, tmp)
+            results["figures"] = _figures(store, results, tmp, jumps=table)
         markdown = report_markdown(results)
         (tmp / "comparison_report.md").write_text(markdown, encoding="utf-8")
         if html_page:  # interactive with the [web] extra, else the static page

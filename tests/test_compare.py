@@ -170,7 +170,7 @@ def test_tensor_changes_read_only_two_steps(tensor_store, monkeypatch):
 
     monkeypatch.setattr(store, "weights", weights)
     res = compare_representations(store, 10, 20, experiment="run")
-    assert len(calls) == 1  # one compute for all tensor kinds
+    assert len(calls) == 1  # one read (compute) for all tensor kinds
     assert set(res) >= {"weights", "activations", "attention"}
 
 
@@ -192,3 +192,22 @@ def test_tensor_changes_of_a_step_with_itself_is_empty(tmp_path):
     assert tensor_changes(store, "r", 0, 0) == {}
     got = tensor_changes(store, "r", 0, 5)["weights"]["w"]["l2_norm"]
     assert got == np.sqrt(6.0)
+
+
+def test_pairs_from_loaded_snapshots_equal_pairs_read_from_the_store(tensor_store, monkeypatch):
+    from ndt_store.compare import load_snapshots
+
+    store, _, _ = tensor_store
+    loaded = load_snapshots(store, "run")
+    assert loaded is not None and set(loaded) == {"weights", "activations", "attention"}
+    direct = compare_representations(store, 10, 20, experiment="run")
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("the loaded tensors are used, nothing is read")
+
+    for method in ("weights", "activations", "attention"):
+        monkeypatch.setattr(store, method, no_reads)
+    again = compare_representations(store, 10, 20, experiment="run", loaded=loaded)
+    assert again == direct
+    monkeypatch.undo()
+    assert load_snapshots(store, "run", max_bytes=1) is None  # too big: compare lazily
