@@ -272,3 +272,29 @@ def test_polled_payloads_are_recomputed_only_when_the_run_changed(tmp_path):
     assert again is not first and len(again["steps"]) == len(first["steps"]) + 5
     store.write_snapshot(exp, 10_000, weights={"layers.0.weight": np.ones((32, 32))})
     assert app.payload("moments", q) is not moments
+
+
+def test_pair_independent_parts_are_shared_until_the_experiment_changes(tmp_path):
+    store = ndt_store.open_store(tmp_path / "s.zarr")
+    store.create_run("r", {}, ["fc"])
+    rng = np.random.default_rng(0)
+    w = {s: rng.standard_normal((4, 3)) for s in (0, 10, 20)}
+    for s in (0, 10):
+        store.write_snapshot("r", s, weights={"w": w[s]}, activations={"fc": rng.random((6, 4))})
+    first = views.moments_view(store, "r")
+    calls = []
+    real = views._weight_changes
+    views_weight_changes = lambda *a: calls.append(a) or real(*a)  # noqa: E731
+    import unittest.mock as mock
+
+    with mock.patch.object(views, "_weight_changes", views_weight_changes):
+        again = views.moments_view(store, "r", before=0, after=10)
+        assert again["weights"] == first["weights"] and calls == []  # shared, not recomputed
+        store.write_snapshot("r", 20, weights={"w": w[20]}, activations={"fc": rng.random((6, 4))})
+        other = ndt_store.open_store(tmp_path / "s.zarr", mode="r")  # another reader too
+        for s in (store, other):
+            changed = views.moments_view(s, "r")["weights"]
+            assert changed["intervals"] == ["0→10", "10→20"]
+    assert len(calls) == 1  # recomputed once for the new revision, then shared
+    expected = np.linalg.norm(w[20] - w[10]) / np.linalg.norm(w[10])  # plain numpy
+    assert changed["relative_change"][0][1] == pytest.approx(expected, rel=1e-6)

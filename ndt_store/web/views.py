@@ -310,12 +310,45 @@ def _attention(
     return {"maps": maps, "entropy": entropy}
 
 
-def _weights(store: Store, experiment: str) -> dict[str, Any] | None:
-    from ndt_store.measures.weights import consecutive_weight_change
+_MEMO: dict[tuple[Any, ...], Any] = {}
+_MEMO_SIZE = 64
 
+
+def _memo(store: Store, experiment: str, what: str, *key: Any, make: Any) -> Any:
+    """``make()``, kept per (store, experiment revision, what, key): the views of one
+    experiment share their pair-independent parts (all moments of a report, repeated
+    requests to ``ndt-store serve``) until the experiment changes."""
+    revision = store.entries()[experiment].get("revision")
+    k = (store.location, experiment, revision, what, *key)
+    if k not in _MEMO:
+        if len(_MEMO) >= _MEMO_SIZE:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[k] = make()
+    return _MEMO[k]
+
+
+def _in_memory(arrays: Mapping[str, xr.DataArray]) -> dict[str, xr.DataArray]:
+    """``arrays`` read into memory in one compute when they are small (else as given)."""
+    import dask
+
+    from ndt_store.compare import IN_MEMORY_BYTES
+
+    if sum(a.nbytes for a in arrays.values()) > IN_MEMORY_BYTES:
+        return dict(arrays)
+    values = dask.compute(*[a.data for a in arrays.values()])
+    return {k: a.copy(data=np.asarray(v)) for (k, a), v in zip(arrays.items(), values, strict=True)}
+
+
+def _weights(store: Store, experiment: str) -> dict[str, Any] | None:
     if len(store.snapshot_steps(experiment, D.WEIGHTS)) < 2:
         return None
-    weights = store.weights(experiment)
+    return _memo(store, experiment, "weights", make=lambda: _weight_changes(store, experiment))
+
+
+def _weight_changes(store: Store, experiment: str) -> dict[str, Any]:
+    from ndt_store.measures.weights import consecutive_weight_change
+
+    weights = _in_memory(store.weights(experiment))
     names = list(weights)
     rel = [consecutive_weight_change(w)["relative_change"].values for w in weights.values()]
     steps = [int(s) for s in next(iter(weights.values()))[D.STEP].values]
@@ -324,11 +357,17 @@ def _weights(store: Store, experiment: str) -> dict[str, Any] | None:
 
 
 def _cka(store: Store, experiment: str, layer: str | None) -> dict[str, Any] | None:
+    if len(store.snapshot_steps(experiment, D.ACTIVATIONS)) < 2:
+        return None
+    return _memo(
+        store, experiment, "cka", layer, make=lambda: _cka_matrix(store, experiment, layer)
+    )
+
+
+def _cka_matrix(store: Store, experiment: str, layer: str | None) -> dict[str, Any]:
     from ndt_store.measures.similarity import linear_cka
 
     steps = store.snapshot_steps(experiment, D.ACTIVATIONS)
-    if len(steps) < 2:
-        return None
     acts = store.activations(experiment)
     if layer not in acts:
         layer = next(iter(acts))
