@@ -35,7 +35,11 @@ from ndt_store.errors import InputError
 from ndt_store.measures.activations import activation_selectivity, activation_sparsity
 from ndt_store.measures.attention import attention_specialization
 from ndt_store.measures.similarity import linear_cka
-from ndt_store.measures.weights import WEIGHT_CHANGE_VARIABLES, weight_change_between
+from ndt_store.measures.weights import (
+    WEIGHT_CHANGE_VARIABLES,
+    weight_change,
+    weight_change_between,
+)
 from ndt_store.moments import CriticalMoment
 from ndt_store.store import Store
 
@@ -47,6 +51,7 @@ __all__ = [
     "nearest_records",
     "phase1_changes",
     "tensor_changes",
+    "tensor_changes_many",
 ]
 
 RELATIVE_EPS = 1e-10
@@ -341,6 +346,92 @@ def tensor_changes(
     return out
 
 
+def _two(before: Any, after: Any) -> dict[str, Any]:
+    """:func:`_before_after` of two scalars."""
+    return _before_after(xr.DataArray(np.asarray([before, after])))
+
+
+def _by_pair(da: xr.DataArray, steps: list[int]) -> xr.DataArray:
+    """``da`` at ``steps`` (repeats allowed) along a positional ``pair`` dim."""
+    picked = da.sel({STEP: steps})
+    stale = [k for k, c in picked.coords.items() if STEP in c.dims]
+    return picked.drop_vars(stale).rename({STEP: "pair"})
+
+
+def tensor_changes_many(
+    store: Store,
+    experiment: str,
+    pairs: list[tuple[int, int]],
+    loaded: Mapping[str, Mapping[str, xr.DataArray]],
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """:func:`tensor_changes` of many step pairs at once, from :func:`load_snapshots`.
+
+    Per-step measures (sparsity, selectivity, attention entropy) are computed once
+    over every stored step, and per-pair ones (weight change, linear CKA) in one
+    vectorized reduction per tensor over all pairs, instead of a few dozen labeled
+    operations per tensor and pair. Values equal :func:`tensor_changes`' up to
+    floating-point summation order.
+
+    Returns
+    -------
+    dict
+        ``{(step_before, step_after): tensor_changes(...)}`` for every pair.
+    """
+    out: dict[tuple[int, int], dict[str, Any]] = {(int(b), int(a)): {} for b, a in pairs}
+
+    def at_both(kind: str) -> list[tuple[int, int]]:
+        have = set(store.snapshot_steps(experiment, kind))
+        return [p for p in out if p[0] != p[1] and p[0] in have and p[1] in have]
+
+    ps = at_both(WEIGHTS) if WEIGHTS in loaded else []
+    if ps:
+        befores, afters = [b for b, _ in ps], [a for _, a in ps]
+        for name, w in loaded[WEIGHTS].items():
+            red = [d for d in w.dims if d != STEP]
+            before, after = _by_pair(w, befores), _by_pair(w, afters)
+            ch = weight_change(before, after, dims=red)
+            first = before.astype(np.float64)
+            values = {v: ch[v].values for v in WEIGHT_CHANGE_VARIABLES}
+            values["norm_before"] = np.sqrt(np.asarray((first * first).sum(red)))
+            for i, p in enumerate(ps):
+                out[p].setdefault(WEIGHTS, {})[name] = {k: _py(v[i]) for k, v in values.items()}
+    ps = at_both(ACTIVATIONS) if ACTIVATIONS in loaded else []
+    if ps:
+        befores, afters = [b for b, _ in ps], [a for _, a in ps]
+        for layer, act in loaded[ACTIVATIONS].items():
+            sparsity = activation_sparsity(act)
+            cka = np.asarray(linear_cka(_by_pair(act, befores), _by_pair(act, afters)))
+            sel = None
+            if "label" in act.coords:
+                si = activation_selectivity(act)["selectivity_index"]
+                sel = si.mean([d for d in si.dims if d != STEP])
+            for i, (b, a) in enumerate(ps):
+                entry: dict[str, Any] = {
+                    "sparsity": _two(sparsity.sel({STEP: b}), sparsity.sel({STEP: a})),
+                    "linear_cka": _py(cka[i]),
+                }
+                if sel is not None:
+                    entry["selectivity"] = _two(sel.sel({STEP: b}), sel.sel({STEP: a}))
+                out[(b, a)].setdefault(ACTIVATIONS, {})[layer] = entry
+    ps = at_both(ATTENTION) if ATTENTION in loaded else []
+    if ps:
+        for layer, attn in loaded[ATTENTION].items():
+            spec = attention_specialization(attn)
+            he = spec["head_entropy"].transpose(STEP, HEAD)
+            heads = [str(_py(h)) for h in he[HEAD].values]
+            ent = he.values
+            row = {int(s): i for i, s in enumerate(he[STEP].values)}
+            mean, special = spec["mean_entropy"], spec["specialization_index"]
+            for b, a in ps:
+                i, j = row[b], row[a]
+                out[(b, a)].setdefault(ATTENTION, {})[layer] = {
+                    "head_entropy": {h: _two(ent[i, k], ent[j, k]) for k, h in enumerate(heads)},
+                    "mean_entropy": _two(mean.sel({STEP: b}), mean.sel({STEP: a})),
+                    "specialization_index": _two(special.sel({STEP: b}), special.sel({STEP: a})),
+                }
+    return out
+
+
 def _step_of(moment: CriticalMoment | int, what: str) -> int:
     if isinstance(moment, CriticalMoment):
         return int(moment.step)
@@ -358,6 +449,7 @@ def compare_representations(
     tensors: bool = True,
     phase1: str = "nearest",
     loaded: Mapping[str, Mapping[str, xr.DataArray]] | None = None,
+    precomputed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compare a run at two moments: Phase 1 changes, and tensor changes where stored.
 
@@ -385,6 +477,9 @@ def compare_representations(
     loaded
         The experiment's tensors from :func:`load_snapshots`, when comparing
         many pairs: nothing is read again.
+    precomputed
+        This pair's entry of :func:`tensor_changes_many` (computed with the other
+        pairs): used instead of computing the tensor changes here.
 
     Returns
     -------
@@ -439,7 +534,10 @@ def compare_representations(
     else:  # a run with tensors only (e.g. ingested checkpoints)
         out.update(no_phase1, layer_changes={}, metric_changes={})
     if tensors and store.snapshot_steps(experiment):
-        out.update(tensor_changes(store, experiment, b, a, loaded=loaded))
+        if precomputed is not None:
+            out.update(precomputed)
+        else:
+            out.update(tensor_changes(store, experiment, b, a, loaded=loaded))
         for kind in (WEIGHTS, ACTIVATIONS, ATTENTION):
             have = store.snapshot_steps(experiment, kind)
             if not have:

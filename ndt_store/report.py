@@ -58,7 +58,7 @@ from ndt_store._dims import (
     STEP,
     WEIGHTS,
 )
-from ndt_store.compare import compare_representations, load_snapshots
+from ndt_store.compare import compare_representations, load_snapshots, tensor_changes_many
 from ndt_store.errors import InputError
 from ndt_store.measures.attention import attention_specialization
 from ndt_store.measures.dynamics import (
@@ -334,15 +334,21 @@ def _build_report(
             seen.add((m.moment_type, m.index))
             results["moments"].append(m)
     comparisons: dict[tuple[int, int], dict[str, Any]] = {}
-    # every pair below is compared from one in-memory read of the tensors (if small)
+    snaps = store.snapshot_steps(experiment, WEIGHTS)
+    # every pair below is compared from one in-memory read of the tensors (if small),
+    # all pairs' tensor changes in one vectorized pass
     loaded = load_snapshots(store, experiment) if store.snapshot_steps(experiment) else None
+    many: dict[tuple[int, int], dict[str, Any]] = {}
+    if loaded is not None:
+        pairs = [(int(x.step), int(y.step)) for e in events for x, y in _event_pairs(e)]
+        pairs += [(int(a), int(b)) for a, b in itertools.pairwise(snaps)]
+        many = tensor_changes_many(store, experiment, pairs, loaded)
     for e in events:
         e["comparisons"] = []
-        before, during, after = e["moments"]
-        for x, y in ((before, during), (during, after)):
+        for x, y in _event_pairs(e):
             key = (int(x.step), int(y.step))
             if key not in comparisons:
-                c = compare_representations(store, x, y, loaded=loaded)
+                c = compare_representations(store, x, y, loaded=loaded, precomputed=many.get(key))
                 c["id"] = _pair_id(*key)
                 c["pair"] = f"{x.moment_type}_to_{y.moment_type}"
                 c["title"] = f"step {key[0]} → {key[1]}"
@@ -352,12 +358,12 @@ def _build_report(
         e["moments"] = [m.moment_type for m in e["moments"]]
     results["events"] = events
     results["comparisons"] = list(comparisons.values())
-    snaps = store.snapshot_steps(experiment, WEIGHTS)
     results["snapshot_comparisons"] = []
     for k, (a, b) in enumerate(itertools.pairwise(snaps)):
         c = compare_representations(
-            store, a, b, experiment=experiment, phase1="exact", loaded=loaded
-        )
+            store, a, b, experiment=experiment, phase1="exact", loaded=loaded,
+            precomputed=many.get((int(a), int(b))),
+        )  # fmt: skip
         c["id"] = f"interval-{k + 1}"
         c["title"] = f"snapshots {a} → {b}"
         results["snapshot_comparisons"].append(c)
@@ -414,6 +420,12 @@ def _train_moments(moments: Sequence[CriticalMoment]) -> list[dict[str, Any]]:
         for m in moments
         if m.train_step is not None
     ]
+
+
+def _event_pairs(event: Mapping[str, Any]) -> list[tuple[CriticalMoment, CriticalMoment]]:
+    """An event's compared pairs: before → during, during → after."""
+    before, during, after = event["moments"]
+    return [(before, during), (during, after)]
 
 
 def _figures(

@@ -211,3 +211,17 @@ def test_pairs_from_loaded_snapshots_equal_pairs_read_from_the_store(tensor_stor
     assert again == direct
     monkeypatch.undo()
     assert load_snapshots(store, "run", max_bytes=1) is None  # too big: compare lazily
+
+
+def test_many_pairs_at_once_equal_pair_by_pair(tensor_store):
+    from ndt_store.compare import load_snapshots, tensor_changes, tensor_changes_many
+
+    store, _, _ = tensor_store
+    loaded = load_snapshots(store, "run")
+    steps = store.snapshot_steps("run")
+    pairs = [(steps[0], steps[-1]), (steps[-1], steps[0]), (steps[0], steps[0]), (10, 15)]
+    many = tensor_changes_many(store, "run", pairs, loaded)
+    assert set(many) == set(pairs)
+    for pair in pairs:  # same kinds, same values (a pair with itself: nothing)
+        assert many[pair] == tensor_changes(store, "run", *pair), pair
+    assert set(many[(steps[0], steps[-1])]) == {"weights", "activations", "attention"}
