@@ -17,7 +17,7 @@ machine is shared and noisy), medians over repeats:
 * a burst of snapshots (one every step) through a writer queue bounded at
   ``--queue-mib``: the queue's peak bytes and the process's peak RSS.
 
-Run:  python benchmarks/bench_capture_hf.py [--steps 60] [--repeats 3]
+Run:  python benchmarks/bench_capture_hf.py [--steps 60] [--repeats 3] [--skip-spectra]
 
 Prints a table and writes benchmarks/results/capture_hf.json.
 """
@@ -309,8 +309,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--queue-mib", type=int, default=48)
+    p.add_argument(
+        "--skip-spectra",
+        action="store_true",
+        help="diagnosis: replace the Phase 1 eigendecompositions by constants (metrics are "
+        "wrong) to see how much of the overhead they are; results are not written",
+    )
     args = p.parse_args()
-    measure(args.steps, args.repeats, args.queue_mib, write=True)
+    if args.skip_spectra:
+        import ndt_store.capture.metrics as metrics
+
+        def constant(acts: Any) -> list[Any]:
+            return [torch.ones(min(a.shape[0], a[0].numel()), dtype=torch.float64) for a in acts]
+
+        metrics.gram_singular_values = constant  # the writer looks it up at each record
+    measure(args.steps, args.repeats, args.queue_mib, write=not args.skip_spectra)
 
 
 if __name__ == "__main__":
