@@ -58,6 +58,7 @@ from ndt_store._dims import (
     STEP,
     WEIGHTS,
 )
+from ndt_store._json import jsonable
 from ndt_store.compare import compare_representations, load_snapshots, tensor_changes_many
 from ndt_store.errors import InputError
 from ndt_store.measures.attention import attention_specialization
@@ -102,31 +103,6 @@ TOP_LAYERS = 5
 """Rows listed per table of a comparison (largest changes first)."""
 TOP_SUMMARY = 3
 """Rows listed per table of the summary."""
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with numpy scalars/arrays, dataclasses and paths as JSON types; NaN/inf as None.
-
-    Examples
-    --------
-    >>> jsonable({"a": np.float64(1.5), "b": [np.nan, np.int64(2)]})
-    {'a': 1.5, 'b': [None, 2]}
-    """
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 # ------------------------------------------------------------------- analysis

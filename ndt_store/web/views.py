@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from ndt_store import _dims as D
+from ndt_store._json import jsonable
 from ndt_store._names import validate_name
 from ndt_store.errors import InputError, NotFoundError
 from ndt_store.store import Store
@@ -64,29 +64,8 @@ MAX_CKA_SNAPSHOTS = 40
 
 
 # ------------------------------------------------------------------ helpers
-def plain(value: Any) -> Any:
-    """``value`` with numpy types as Python types and NaN/inf as ``None`` (strict JSON).
-
-    Examples
-    --------
-    >>> plain({"a": np.float64("nan"), "b": np.arange(2)})
-    {'a': None, 'b': [0, 1]}
-    """
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind == "f":
-            obj = value.astype(object)
-            obj[~np.isfinite(value)] = None
-            return obj.tolist()
-        return plain(value.tolist())
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+plain = jsonable
+"""``value`` as strict JSON types (numpy as Python, NaN/inf as ``None``): :func:`jsonable`."""
 
 
 def _name(value: Any, kind: str) -> str:
