@@ -155,6 +155,21 @@ def _first_tensor(output: Any) -> Any:
 
 
 @contextmanager
+def _forward_hooks(
+    modules: Mapping[str, Any], make: Callable[[str], Callable[..., None]]
+) -> Iterator[None]:
+    """``make(name)`` registered as a forward hook on each module while inside."""
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make(name)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
 def capture_outputs(
     modules: Mapping[str, Any],
     *,
@@ -189,7 +204,6 @@ def capture_outputs(
     """
     torch = _torch()
     got: dict[str, Any] = {}
-    handles = []
 
     def make(name: str) -> Callable[..., None]:
         def hook(module: Any, args: Any, output: Any) -> None:
@@ -208,13 +222,8 @@ def capture_outputs(
 
         return hook
 
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(make(name)))
+    with _forward_hooks(modules, make):
         yield got
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
@@ -351,7 +360,6 @@ def capture_module_attention(modules: Mapping[str, Any]) -> Iterator[dict[str, A
     torch = _torch()
     got: dict[str, Any] = {}
     seen: dict[int, tuple[str, Any]] = {}  # the tensor is kept: its id stays unique
-    handles = []
 
     def make(name: str) -> Callable[..., None]:
         def hook(module: Any, args: Any, output: Any) -> None:
@@ -367,10 +375,5 @@ def capture_module_attention(modules: Mapping[str, Any]) -> Iterator[dict[str, A
 
         return hook
 
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(make(name)))
+    with _forward_hooks(modules, make):
         yield got
-    finally:
-        for h in handles:
-            h.remove()
