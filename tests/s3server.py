@@ -18,6 +18,12 @@ from typing import Any
 import pytest
 
 BUCKET = "ndt-test-bucket"
+NO_LEAKS = [
+    pytest.mark.filterwarnings("error::ResourceWarning"),
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+]
+"""``pytestmark`` of the S3 test modules: an unclosed HTTP session or socket fails the
+test (not just a message at exit)."""
 _ATOMIC = threading.Lock()
 
 

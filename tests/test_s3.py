@@ -21,15 +21,11 @@ from ndt_store.synth import synth_store
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
-from s3server import s3_env, s3_server
+from s3server import NO_LEAKS, s3_env, s3_server
 
 __all__ = ["s3_env", "s3_server"]
 
-# an unclosed HTTP session or socket fails the test (not just a message at exit)
-pytestmark = [
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = NO_LEAKS  # an unclosed HTTP session or socket fails the test
 
 
 def _assert_catalog_equal(a: xr.Dataset, b: xr.Dataset) -> None:

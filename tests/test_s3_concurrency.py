@@ -28,15 +28,11 @@ pytest.importorskip("obstore")
 pytest.importorskip("moto.server")
 
 from s3_writer import LAYERS, phase1_row
-from s3server import client_env, s3_env, s3_server
+from s3server import NO_LEAKS, client_env, s3_env, s3_server
 
 __all__ = ["s3_env", "s3_server"]
 
-# an unclosed HTTP session or socket fails the test (not just a message at exit)
-pytestmark = [
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = NO_LEAKS  # an unclosed HTTP session or socket fails the test
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

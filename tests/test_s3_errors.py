@@ -31,15 +31,11 @@ pytest.importorskip("s3fs")
 pytest.importorskip("obstore")
 pytest.importorskip("moto.server")
 
-from s3server import BUCKET, client_env, reset, s3_env, s3_server
+from s3server import BUCKET, NO_LEAKS, client_env, reset, s3_env, s3_server
 
 __all__ = ["s3_env", "s3_server"]
 
-# an unclosed HTTP session or socket fails the test (not just a message at exit)
-pytestmark = [
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = NO_LEAKS  # an unclosed HTTP session or socket fails the test
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"NDT_STORE_S3_TIMEOUT": "1", "NDT_STORE_S3_ATTEMPTS": "2"}
