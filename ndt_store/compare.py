@@ -50,6 +50,7 @@ __all__ = [
     "load_snapshots",
     "nearest_records",
     "phase1_changes",
+    "read_if_small",
     "tensor_changes",
     "tensor_changes_many",
 ]
@@ -177,18 +178,31 @@ IN_MEMORY_BYTES = 256 << 20
 """Two steps' tensors up to this size are read into memory before they are compared."""
 
 
-def _loaded_if_small(
+def read_if_small(
+    arrays: Mapping[Any, xr.DataArray], max_bytes: int = IN_MEMORY_BYTES
+) -> dict[Any, xr.DataArray] | None:
+    """``arrays`` read into memory in one compute, or ``None`` (nothing read) when they
+    total more than ``max_bytes``."""
+    if sum(da.nbytes for da in arrays.values()) > max_bytes:
+        return None
+    values = dask.compute(*[da.data for da in arrays.values()])
+    return {
+        key: da.copy(data=np.asarray(v))
+        for (key, da), v in zip(arrays.items(), values, strict=True)
+    }
+
+
+def _read_nested_if_small(
     sources: dict[str, dict[str, xr.DataArray]], max_bytes: int = IN_MEMORY_BYTES
-) -> dict[str, dict[str, xr.DataArray]]:
-    """``sources`` with every array read (in one compute) if they total at most
-    ``max_bytes``; else unchanged (lazy)."""
-    flat = [(kind, name, da) for kind, das in sources.items() for name, da in das.items()]
-    if sum(da.nbytes for _, _, da in flat) > max_bytes:
-        return sources
-    values = dask.compute(*[da.data for _, _, da in flat])
+) -> dict[str, dict[str, xr.DataArray]] | None:
+    """:func:`read_if_small` of ``{kind: {name: array}}``."""
+    flat = {(kind, name): da for kind, das in sources.items() for name, da in das.items()}
+    read = read_if_small(flat, max_bytes)
+    if read is None:
+        return None
     out: dict[str, dict[str, xr.DataArray]] = {kind: {} for kind in sources}
-    for (kind, name, da), v in zip(flat, values, strict=True):
-        out[kind][name] = da.copy(data=np.asarray(v))
+    for (kind, name), da in read.items():
+        out[kind][name] = da
     return out
 
 
@@ -213,8 +227,7 @@ def load_snapshots(
         sources[ACTIVATIONS] = dict(store.activations(experiment))
     if store.snapshot_steps(experiment, ATTENTION):
         sources[ATTENTION] = dict(store.attention(experiment))
-    total = sum(da.nbytes for das in sources.values() for da in das.values())
-    return None if total > max_bytes else _loaded_if_small(sources, max_bytes)
+    return _read_nested_if_small(sources, max_bytes)
 
 
 def tensor_changes(
@@ -276,7 +289,7 @@ def tensor_changes(
             sources[ATTENTION] = {
                 k: v.sel({STEP: pair}) for k, v in store.attention(experiment).items()
             }
-        sources = _loaded_if_small(sources)
+        sources = _read_nested_if_small(sources) or sources
     if WEIGHTS in sources:
         lazy[WEIGHTS] = {}
         for name, w in sources[WEIGHTS].items():

@@ -306,18 +306,6 @@ def _memo(store: Store, experiment: str, what: str, *key: Any, make: Any) -> Any
     return _MEMO[k]
 
 
-def _in_memory(arrays: Mapping[str, xr.DataArray]) -> dict[str, xr.DataArray]:
-    """``arrays`` read into memory in one compute when they are small (else as given)."""
-    import dask
-
-    from ndt_store.compare import IN_MEMORY_BYTES
-
-    if sum(a.nbytes for a in arrays.values()) > IN_MEMORY_BYTES:
-        return dict(arrays)
-    values = dask.compute(*[a.data for a in arrays.values()])
-    return {k: a.copy(data=np.asarray(v)) for (k, a), v in zip(arrays.items(), values, strict=True)}
-
-
 def _weights(store: Store, experiment: str) -> dict[str, Any] | None:
     if len(store.snapshot_steps(experiment, D.WEIGHTS)) < 2:
         return None
@@ -325,9 +313,11 @@ def _weights(store: Store, experiment: str) -> dict[str, Any] | None:
 
 
 def _weight_changes(store: Store, experiment: str) -> dict[str, Any]:
+    from ndt_store.compare import read_if_small
     from ndt_store.measures.weights import consecutive_weight_change
 
-    weights = _in_memory(store.weights(experiment))
+    lazy = store.weights(experiment)
+    weights = read_if_small(lazy) or dict(lazy)  # in memory when small
     names = list(weights)
     rel = [consecutive_weight_change(w)["relative_change"].values for w in weights.values()]
     steps = [int(s) for s in next(iter(weights.values()))[D.STEP].values]
