@@ -46,13 +46,29 @@ def choose_compressors(sample: np.ndarray, *, min_ratio: float = 1.2) -> Any:
     costs CPU on every read; causal attention compresses ≈2×. The choice is made
     once per array from its first row and recorded in the array's metadata.
     """
+    raw = np.ascontiguousarray(sample)
+    if raw.nbytes < _ALWAYS_COMPRESSED_BELOW:  # not worth a trial compression
+        return COMPRESSORS
+    worth = _worth_compressing(raw.nbytes, raw.nbytes, _packed_size(raw), min_ratio)
+    return COMPRESSORS if worth else None
+
+
+_ALWAYS_COMPRESSED_BELOW = 4096
+"""Rows smaller than this get :data:`COMPRESSORS` without a trial."""
+
+
+def _packed_size(raw: np.ndarray) -> int:
+    """Bytes of ``raw`` compressed as :data:`COMPRESSORS` compresses it."""
     from numcodecs import blosc
 
-    raw = np.ascontiguousarray(sample)
-    if raw.nbytes < 4096:
-        return COMPRESSORS
-    packed = blosc.compress(raw.tobytes(), typesize=raw.dtype.itemsize, cname=b"lz4", clevel=5)
-    return COMPRESSORS if raw.nbytes >= min_ratio * len(packed) else None
+    return len(blosc.compress(raw.tobytes(), typesize=raw.dtype.itemsize, cname=b"lz4", clevel=5))
+
+
+def _worth_compressing(
+    row_nbytes: int, sample_nbytes: int, packed: int, min_ratio: float = 1.2
+) -> bool:
+    """:func:`choose_compressors`' rule for a row whose sample packs into ``packed`` bytes."""
+    return row_nbytes < _ALWAYS_COMPRESSED_BELOW or sample_nbytes >= min_ratio * packed
 
 
 def stored_nbytes(sample: np.ndarray, nbytes: int | None = None, *, adaptive: bool = False) -> int:
@@ -78,14 +94,12 @@ def stored_nbytes(sample: np.ndarray, nbytes: int | None = None, *, adaptive: bo
     >>> stored_nbytes(x, adaptive=True) == x.nbytes  # random mantissas: kept raw
     True
     """
-    from numcodecs import blosc
-
     raw = np.ascontiguousarray(sample).reshape(-1)
     total = raw.nbytes if nbytes is None else int(nbytes)
     if raw.nbytes == 0 or total == 0:
         return 0
-    packed = len(blosc.compress(raw.tobytes(), typesize=raw.dtype.itemsize, cname=b"lz4", clevel=5))
-    if adaptive and total >= 4096 and raw.nbytes < 1.2 * packed:
+    packed = _packed_size(raw)
+    if adaptive and not _worth_compressing(total, raw.nbytes, packed):
         return total
     return max(1, round(total * packed / raw.nbytes))
 
