@@ -155,8 +155,8 @@ class Store:
         self._entries: dict[str, dict[str, Any]] = {}
         self._listed = False
         self._exact: set[str] = set()  # entries known current: read or written under our lock
-        self._phase1_cache: dict[str, tuple[str, xr.Dataset, dict[str, np.ndarray]]] = {}
-        self._phase1_arrays: dict[str, tuple[str, dict[str, np.ndarray]]] = {}
+        # per experiment: revision, Phase 1 arrays, and their dataset once built
+        self._phase1_cache: dict[str, tuple[str, dict[str, np.ndarray], xr.Dataset | None]] = {}
 
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -177,7 +177,6 @@ class Store:
         self._entries = {}
         self._listed = False
         self._phase1_cache.clear()
-        self._phase1_arrays.clear()
         fs = getattr(self._root.store, "fs", None)
         if fs is not None and hasattr(fs, "invalidate_cache"):
             fs.invalidate_cache()  # fsspec caches directory listings of remote stores
@@ -330,7 +329,6 @@ class Store:
         if self._listed:
             self._entries = dict(sorted(self._entries.items()))
         self._phase1_cache.pop(experiment, None)
-        self._phase1_arrays.pop(experiment, None)
 
     def delete_experiment(self, experiment: str, *, keep_for_readers: bool = True) -> None:
         """Delete ``experiment`` and everything stored for it.
@@ -502,7 +500,6 @@ class Store:
         with self.writer(experiment):
             old = self._read_entry(experiment)  # fresh, under the lock
             self._phase1_cache.pop(experiment, None)
-            self._phase1_arrays.pop(experiment, None)
             kept: list[dict[str, Any]] = []
             if old is not None:
                 if content_hash is not None and old.get("content_hash") == content_hash:
@@ -548,7 +545,6 @@ class Store:
         with self.writer(experiment):
             old = self._read_entry(experiment)  # fresh, under the lock
             self._phase1_cache.pop(experiment, None)
-            self._phase1_arrays.pop(experiment, None)
             if old is not None:
                 have = list(self._phase1_numpy(experiment)[D.LAYER])
                 if have != list(layers):
@@ -611,7 +607,7 @@ class Store:
     def _phase1_numpy(self, experiment: str) -> dict[str, np.ndarray]:
         """The Phase 1 arrays of ``experiment`` (cached by revision; no xarray)."""
         entry = self._entry(experiment)
-        cached = self._phase1_arrays.get(experiment)
+        cached = self._phase1_cache.get(experiment)
         if cached is not None and cached[0] == entry["revision"]:
             return cached[1]
         frame = self._frame_at(f"{EXPERIMENTS}/{experiment}/{entry['phase1']}", experiment)
@@ -628,19 +624,8 @@ class Store:
         else:
             arrays = frame.read_many((D.STEP, D.LAYER, "metrics", D.LOSS, D.GRAD_NORM, D.EPOCH))
         arrays[D.LAYER] = np.asarray([str(x) for x in arrays[D.LAYER]], dtype=object)
-        self._phase1_arrays[experiment] = (entry["revision"], arrays)
+        self._phase1_cache[experiment] = (entry["revision"], arrays, None)
         return arrays
-
-    def _phase1_cached(self, experiment: str) -> tuple[str, xr.Dataset, dict[str, np.ndarray]]:
-        entry = self._entry(experiment)
-        cached = self._phase1_cache.get(experiment)
-        if cached is not None and cached[0] == entry["revision"]:
-            return cached
-        arrays = self._phase1_numpy(experiment)
-        ds = _phase1_dataset(arrays, entry.get("metadata", {}), experiment)
-        cached = (entry["revision"], ds, arrays)
-        self._phase1_cache[experiment] = cached
-        return cached
 
     def summary(self, experiment: str) -> dict[str, Any]:
         """What ``ndt-store ls`` shows of one experiment, read without building a dataset.
@@ -693,7 +678,14 @@ class Store:
         Layers are the experiment's own, in their original order; ``index`` is the
         record index along ``step``; metadata are attributes.
         """
-        return self._phase1_cached(normalize_name(experiment))[1]
+        experiment = normalize_name(experiment)
+        arrays = self._phase1_numpy(experiment)  # refreshes the cache entry if stale
+        revision, _, ds = self._phase1_cache[experiment]
+        if ds is None:
+            meta = self._entry(experiment).get("metadata", {})
+            ds = _phase1_dataset(arrays, meta, experiment)
+            self._phase1_cache[experiment] = (revision, arrays, ds)
+        return ds
 
     def record(self, experiment: str, step: int) -> dict[str, Any]:
         """The Phase 1 record closest to training ``step``, as the study's JSON dict.
