@@ -837,7 +837,11 @@ class Store:
                 columns, dims=dims, chunks=chunks, extra_attrs=extra, compressors=codecs
             )
             snaps = [s for s in snaps if not (s["step"] == step and existing and s in existing)]
-            snaps.append({"step": step, "row": rows - 1, "kinds": kinds, **dict(info or {})})
+            written = sorted(c for c in columns if c.split("/", 1)[0] in kinds)
+            snaps.append(
+                {"step": step, "row": rows - 1, "kinds": kinds, "columns": written,
+                 **dict(info or {})}
+            )  # fmt: skip
             entry["snapshots"] = snaps
             entry["revision"] = uuid.uuid4().hex
             self._set_entry(experiment, entry)
@@ -848,15 +852,26 @@ class Store:
         snaps = self._entry(normalize_name(experiment)).get("snapshots", [])
         return sorted({s["step"] for s in snaps if kind is None or kind in s["kinds"]})
 
-    def _snapshot_rows(self, experiment: str, kind: str) -> tuple[Frame, np.ndarray, np.ndarray]:
+    def _snapshot_selection(
+        self, experiment: str, kind: str
+    ) -> tuple[Frame, np.ndarray, np.ndarray, set[str] | None]:
+        """The listed snapshots of ``kind``: frame, steps, rows, and the columns they wrote
+        (``None`` when a snapshot predates that record: every column then counts)."""
         snaps = self._entry(experiment).get("snapshots", [])
-        chosen = {s["step"]: s["row"] for s in snaps if kind in s["kinds"]}
+        listed = [s for s in snaps if kind in s["kinds"]]
+        written: set[str] | None = set()
+        for s in listed:
+            if written is not None and "columns" in s:
+                written.update(s["columns"])
+            else:
+                written = None
+        chosen = {s["step"]: s["row"] for s in listed}
         frame = self._snapshot_frame(experiment)
         if frame is None or not chosen:
             raise NotFoundError(f"experiment {experiment!r} has no stored {kind}")
         steps = np.asarray(sorted(chosen), dtype=np.int64)
         rows = np.asarray([chosen[s] for s in steps], dtype=np.int64)
-        return frame, steps, rows
+        return frame, steps, rows, written
 
     def _snapshot_arrays(
         self, experiment: str, kind: str, name: str | None
@@ -865,9 +880,14 @@ class Store:
 
         experiment = normalize_name(experiment)
         name = None if name is None else normalize_name(name)
-        frame, steps, rows = self._snapshot_rows(experiment, kind)
+        frame, steps, rows, written = self._snapshot_selection(experiment, kind)
         prefix = f"{kind}/"
-        cols = {c: d for c, d in frame.columns.items() if c.startswith(prefix)}
+        # a column only the replaced snapshots wrote is not shown
+        cols = {
+            c: d
+            for c, d in frame.columns.items()
+            if c.startswith(prefix) and (written is None or c in written)
+        }
         if name is not None:
             col = prefix + name
             if col not in cols:
