@@ -86,6 +86,11 @@ LABEL = "label"
 """Coordinate on ``sample``: the probe batch's class labels."""
 
 # --- the study's published tables ----------------------------------------------
+JUMPS_TABLE = "published_jumps"
+"""Name of the stored published jump table."""
+PERIODS_TABLE = "published_critical_periods"
+"""Name of the stored published critical-period table."""
+
 PUBLISHED_JUMP_COLUMNS: tuple[str, ...] = (
     "step",
     "magnitude",

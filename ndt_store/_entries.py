@@ -14,11 +14,13 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import numpy as np
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from ndt_store._frame import gather_all
+from ndt_store import _dims as D
+from ndt_store._frame import gather_all, read_frame_arrays
 from ndt_store.errors import CorruptStoreError
 
 EXP_ATTR = "ndt_experiment"
@@ -132,3 +134,64 @@ __all__ = [
     "parse_entry",
     "read_entry",
 ]
+
+
+def read_phase1_arrays(
+    store: EntrySource, names: list[str], fields: tuple[str, ...]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Read ``fields`` of many experiments' Phase 1 frames concurrently (not cached)."""
+    import asyncio
+    import json
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    from ndt_store._frame import FRAME_ATTR
+    from ndt_store.errors import CorruptStoreError
+
+    entries = store.entries()
+    base = store.zarr_group.store_path
+
+    async def one(name: str) -> dict[str, np.ndarray]:
+        frame = base / f"{EXPERIMENTS}/{name}/{entries[name]['phase1']}"
+        buf = await frame.store.get(f"{frame.path}/zarr.json", default_buffer_prototype())
+        if buf is None:
+            raise CorruptStoreError(f"{store.location}: Phase 1 group of {name!r} is missing")
+        rows = int(json.loads(buf.to_bytes())["attributes"][FRAME_ATTR]["rows"])
+        if rows == 0:
+            empty = {f: np.zeros((0,), dtype=np.int64 if f == D.STEP else float) for f in fields}
+            layers = await read_frame_arrays(frame, [D.LAYER], 0, {D.LAYER})
+            return {**empty, **layers} if D.LAYER in fields else empty
+        return await read_frame_arrays(frame, fields, rows, {D.LAYER})
+
+    async def gather() -> list[dict[str, np.ndarray]]:
+        sem = asyncio.Semaphore(64)
+
+        async def bounded(name: str) -> dict[str, np.ndarray]:
+            async with sem:
+                return await one(name)
+
+        return await gather_all(*(bounded(n) for n in names))
+
+    return dict(zip(names, sync(gather()), strict=True))
+
+
+def metadata_columns(store: EntrySource, names: list[str]) -> dict[str, np.ndarray]:
+    """Each metadata field of ``names`` as one array, in the order of ``names``.
+
+    A field is a float array where every value is a number (NaN where absent),
+    else strings (``""`` where absent); fields no experiment has are left out.
+    """
+    coords: dict[str, np.ndarray] = {}
+    metas = [store.metadata(n) for n in names]
+    for field in D.METADATA_FIELDS:
+        values = [m.get(field) for m in metas]
+        if all(v is None for v in values):
+            continue
+        if all(
+            (isinstance(v, (int, float)) and not isinstance(v, bool)) or v is None for v in values
+        ):
+            coords[field] = np.asarray([np.nan if v is None else v for v in values])
+        else:
+            coords[field] = np.asarray(["" if v is None else str(v) for v in values])
+    return coords

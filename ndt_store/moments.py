@@ -29,6 +29,7 @@ import pandas as pd
 import xarray as xr
 
 from ndt_store._dims import EXPERIMENT, INDEX, LAYER, LOSS, STABLE_RANK, STEP
+from ndt_store._jumps import store_jump_columns
 from ndt_store.errors import InputError
 from ndt_store.ingest.tables import JUMPS_TABLE, PERIODS_TABLE
 from ndt_store.measures.dynamics import (
@@ -108,7 +109,7 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _experiments(store: Store, experiments: Sequence[str] | None) -> list[str]:
-    names = store.experiments() if experiments is None else list(experiments)
+    names = store.experiments() if experiments is None else list(dict.fromkeys(experiments))
     for name in names:
         store.metadata(name)  # NotFoundError naming the store and the known runs
     return names
@@ -122,13 +123,15 @@ def store_jumps(
     alpha: float | None = None,
     metric: str = STABLE_RANK,
     phase: PhaseMode = "train",
+    via_catalog: bool = False,
 ) -> pd.DataFrame:
     """The jump table of stored runs: published columns plus index, train_step, p-values.
 
-    Computed with :func:`~ndt_store.measures.dynamics.jump_table` on
-    :meth:`Store.measurements`; the published ``cluster`` column (not
-    reproducible from a subset of runs) is joined from the stored published
-    table when present (missing: ``-1``).
+    Read straight from each run's Phase 1 frame and computed in this process
+    (:func:`ndt_store._jumps.store_jump_columns`), equal row for row to
+    :func:`~ndt_store.measures.dynamics.jump_table` on :meth:`Store.measurements`.
+    The published ``cluster`` column (not reproducible from a subset of runs)
+    is joined from the stored published table when present (missing: ``-1``).
 
     Parameters
     ----------
@@ -146,12 +149,22 @@ def store_jumps(
     phase
         ``"train"``: ``phase`` from the training step; ``"index"``: the
         published formula (see :func:`~ndt_store.measures.dynamics.jump_table`).
+    via_catalog
+        Compute through the cross-experiment view and dask instead (one task
+        per block of experiments, on whatever scheduler is active: e.g. a
+        cluster from :func:`ndt_store.cluster.use_scheduler`); same table.
 
     Returns
     -------
     pandas.DataFrame
         One row per jump, sorted by experiment, layer and record index.
     """
+    if not via_catalog:
+        return pd.DataFrame(
+            store_jump_columns(
+                store, experiments, threshold=threshold, alpha=alpha, metric=metric, phase=phase
+            )
+        )
     names = _experiments(store, experiments)
     if not names:
         return jump_table(xr.DataArray(np.zeros((0, 0, 0)), dims=(EXPERIMENT, STEP, LAYER)))

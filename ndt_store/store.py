@@ -1021,6 +1021,21 @@ class Store:
                 f"{self.location}: table {name!r} points to missing version {current!r}"
             ) from None
 
+    def _table_arrays(self, name: str, columns: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """``columns`` of a stored table as numpy arrays (no pandas); ``None`` if any is absent."""
+        parent = self._root.get(TABLES)
+        holder = parent.get(name) if isinstance(parent, zarr.Group) else None
+        current: Any = holder.attrs.get("current") if isinstance(holder, zarr.Group) else None
+        if current is None:
+            return None
+        assert isinstance(holder, zarr.Group)
+        group = holder.get(current)
+        if not isinstance(group, zarr.Group) or not set(columns) <= set(
+            group.attrs.get("columns", [])  # type: ignore[arg-type]
+        ):
+            return None
+        return {c: np.asarray(group[c][...]) for c in columns}  # type: ignore[index]
+
     def tables(self) -> list[str]:
         """Names of stored tables."""
         parent = self._root.get(TABLES)

@@ -119,8 +119,14 @@ def small_store(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(
     "args",
-    [["ls"], ["show", "-e", "run", "-s", "5"], ["verify"]],
-    ids=lambda a: a[0],
+    [
+        ["ls"],
+        ["show", "-e", "run", "-s", "5"],
+        ["verify"],
+        ["jumps", "--format", "csv"],
+        ["jumps", "--alpha", "0.05", "--metric", "participation_ratio"],
+    ],
+    ids=lambda a: " ".join(a[:3]),
 )
 def test_light_commands_load_only_what_they_use(small_store, args):
     modules = _modules_after(_cli([*args, "--store", str(small_store)]))

@@ -6,7 +6,13 @@ import argparse
 import json
 import sys
 
-from ndt_store.cli._common import add_scheduler, add_store, heartbeat, print_table
+from ndt_store.cli._common import (
+    add_scheduler,
+    add_store,
+    heartbeat,
+    print_columns,
+    print_table,
+)
 
 
 def _experiment(p: argparse.ArgumentParser) -> None:
@@ -145,13 +151,22 @@ def _open(args: argparse.Namespace):
 
 
 def _jumps(args: argparse.Namespace) -> int:
-    from ndt_store.moments import store_jumps
+    if args.scheduler is not None or args.workers is not None:  # dask: through the catalog
+        from ndt_store.moments import store_jumps
 
-    table = store_jumps(
+        table = store_jumps(
+            _open(args), args.experiment, threshold=args.threshold, alpha=args.alpha,
+            metric=args.metric, phase=args.phase, via_catalog=True,
+        )  # fmt: skip
+        print_table(table, args.format)
+        return 0
+    from ndt_store._jumps import store_jump_columns
+
+    columns = store_jump_columns(
         _open(args), args.experiment, threshold=args.threshold, alpha=args.alpha,
         metric=args.metric, phase=args.phase,
     )  # fmt: skip
-    print_table(table, args.format)
+    print_columns(columns, args.format)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -80,6 +81,41 @@ def print_rows(rows: list[dict[str, Any]], fmt: str = "table") -> None:
     print(" ".join(n.rjust(w) for n, w in zip(names, widths, strict=True)))
     for c in cells:
         print(" ".join(v.rjust(w) for v, w in zip(c, widths, strict=True)))
+
+
+def print_columns(columns: Mapping[str, Any], fmt: str = "table") -> None:
+    """Print numpy columns (name → array) like :func:`print_table` prints a DataFrame.
+
+    CSV and JSON lines are written exactly as pandas writes them (NaN: an empty
+    CSV cell, ``NaN`` in JSON); the table is :func:`print_rows`' (no pandas).
+    """
+    names = list(columns)
+    values = [_plain_list(columns[n]) for n in names]
+    if fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(names)
+        blank = [_nan_to_none(v) for v in values]
+        writer.writerows(zip(*blank, strict=True))
+        return
+    rows = [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+    if fmt != "json":
+        rows = [{k: None if _is_nan(v) else v for k, v in r.items()} for r in rows]
+    print_rows(rows, fmt)
+
+
+def _plain_list(values: Any) -> list[Any]:
+    """Python scalars of a column (``tolist`` converts numpy scalars in C)."""
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
+
+
+def _nan_to_none(values: list[Any]) -> list[Any]:
+    return [None if _is_nan(v) else v for v in values]
 
 
 def _cell(value: Any) -> str:

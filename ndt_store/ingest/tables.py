@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from ndt_store._dims import PUBLISHED_JUMP_COLUMNS, PUBLISHED_PERIOD_COLUMNS
+from ndt_store._dims import (
+    JUMPS_TABLE,
+    PERIODS_TABLE,
+    PUBLISHED_JUMP_COLUMNS,
+    PUBLISHED_PERIOD_COLUMNS,
+)
 from ndt_store.errors import InputError
 from ndt_store.store import Store
 
-JUMPS_TABLE = "published_jumps"
-PERIODS_TABLE = "published_critical_periods"
 JUMP_COLUMNS = PUBLISHED_JUMP_COLUMNS
 PERIOD_COLUMNS = PUBLISHED_PERIOD_COLUMNS
 _NUMERIC = {

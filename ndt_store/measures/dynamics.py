@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import dask
 import numpy as np
@@ -31,10 +31,18 @@ from ndt_store._dims import (
     LOSS,
     NUM_STEPS,
     PHASE1_METRICS,
-    PUBLISHED_JUMP_COLUMNS,
     PUBLISHED_PERIOD_COLUMNS,
     STABLE_RANK,
     STEP,
+)
+from ndt_store._jumps import (
+    JUMP_COLUMNS,
+    JumpTest,
+    PhaseMode,
+    check_alpha,
+    jump_core,
+    label_columns,
+    metric_eps,
 )
 from ndt_store._kernels import dynamics as _k
 from ndt_store.errors import InputError, NdtStoreWarning
@@ -68,33 +76,11 @@ __all__ = [
     "warn_if_degenerate",
 ]
 
-PhaseMode = Literal["train", "index"]
-"""How a jump's ``phase`` is computed: from its training step or its record index."""
-
 DEGENERATE_RTOL = 1e-6
 """A series whose range is below this share of its largest value does not move.
 
 Metrics are computed in float32 or float64 from model weights; changes under a
 millionth of the metric's own size are numerical noise, not training dynamics.
-"""
-
-JUMP_COLUMNS: tuple[str, ...] = (
-    *PUBLISHED_JUMP_COLUMNS,
-    "index_phase",
-    "index_phase_category",
-    "index",
-    "train_step",
-    "z",
-    "velocity",
-    "p_value",
-    "noise_floor",
-    "significant",
-)
-"""Columns of :func:`jump_table`: the published ones (less ``cluster``), then the additions.
-
-``phase`` / ``phase_category`` follow the table's ``phase`` option (training
-step by default); ``index_phase`` / ``index_phase_category`` always hold the
-published formula, record index over ``num_steps``.
 """
 
 CRITICAL_COLUMNS: tuple[str, ...] = PUBLISHED_PERIOD_COLUMNS
@@ -104,23 +90,6 @@ _BLOCK_EXPERIMENTS = 256  # experiments per block when a table is built from in-
 
 class DegenerateMetricWarning(NdtStoreWarning):
     """A metric does not move over a run (its range is below its noise floor)."""
-
-
-def check_alpha(alpha: float) -> float:
-    """``alpha`` as a float if it is a family-wise level in (0, 1), else :class:`InputError`.
-
-    Examples
-    --------
-    >>> check_alpha(0.05)
-    0.05
-    """
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise InputError("alpha must be a number in (0, 1)", field="alpha", value=alpha) from None
-    if not 0.0 < value < 1.0:
-        raise InputError("alpha must lie strictly between 0 and 1", field="alpha", value=alpha)
-    return value
 
 
 # --- does a metric move? ------------------------------------------------------------
@@ -533,27 +502,9 @@ def _coord(x: xr.DataArray, name: str, fill: object = None) -> np.ndarray:
     return np.full(x.sizes[EXPERIMENT], fill, dtype=object)
 
 
-def _phase_category(phase: np.ndarray) -> np.ndarray:
-    return np.where(phase < 0.33, "early", np.where(phase < 0.67, "mid", "late"))
-
-
-def _labels(values: Any) -> Any:
-    """Labels as the pandas array a DataFrame column of them would hold (same dtype)."""
-    return pd.Series(np.asarray(values, dtype=object)).array
-
-
-_DIRECTIONS = _labels(["decrease", "increase"])
-_PHASES = _labels(["early", "mid", "late"])
-
-
-def _phase_code(phase: np.ndarray) -> np.ndarray:
-    """0 early (< 0.33), 1 mid (< 0.67), 2 late: the study's phase categories."""
-    return 2 - (phase < 0.33) - (phase < 0.67).astype(np.intp)
-
-
-def _take(labels: Any, index: np.ndarray) -> Any:
-    """``labels[index]`` as a pandas array: each label is converted once, not once per row."""
-    return labels.take(index)
+def _labels(values: Any) -> np.ndarray:
+    """Labels as an object array (the dtype a DataFrame column of them holds)."""
+    return np.asarray(values, dtype=object)
 
 
 def _series_layout(x: xr.DataArray, dim: str) -> xr.DataArray:
@@ -622,9 +573,7 @@ def _jump_block(
     sl: slice,
     labels: _Labels,
     threshold: float,
-    alpha: float | None,
-    sig_alpha: float | None,
-    options: dict[str, Any],
+    test: JumpTest | None,
     phase_mode: PhaseMode = "train",
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Rows of the jump table for one in-memory block, and their sort keys.
@@ -633,59 +582,23 @@ def _jump_block(
     are ``(experiment rank, layer rank, record index)`` per row.
     """
     series, e_of, l_of = _present_series(values)
-    r, i, velocity_values, z, magnitude, speed, position = _k.jump_rows(series, threshold)
-    p_value = noise_floor = significant = None
-    if "alpha" in options:  # the significance test, on the same block
-        sig_options = {k: v for k, v in options.items() if k != "dim"}
-        block = labels.labeled(values, sl)
-        asked = np.zeros((*values.shape[:2], max(values.shape[2] - 1, 0)), dtype=bool)
-        asked[e_of[r], l_of[r], i] = True  # p-values only for the table's rows
-        rows = xr.DataArray(asked, dims=(EXPERIMENT, LAYER, INDEX)).assign_coords(
-            {d: block[d] for d in (EXPERIMENT, LAYER) if d in block.coords}
-        )
-        sig = jump_significance(block, dim=labels.dim, rows=rows, **sig_options)
-        sig = sig.transpose(EXPERIMENT, LAYER, ...)
-        p_value = sig["p_value"].values[e_of[r], l_of[r], i]
-        above = sig["above_floor"].values[e_of[r], l_of[r], i]
-        noise_floor = sig["noise_floor"].values[e_of[r], l_of[r]]
-        significant = (p_value <= sig_alpha) & above
-        if alpha is not None:
-            keep = (p_value <= alpha) & above
-            r, i, velocity_values, z, magnitude, speed, position = (
-                a[keep] for a in (r, i, velocity_values, z, magnitude, speed, position)
-            )
-            p_value, noise_floor, significant = p_value[keep], noise_floor[keep], significant[keep]
+    eps = metric_eps(values.dtype, None if test is None else test.eps)
+    core = jump_core(series, threshold, test, eps=eps)
+    r = core["row"]
     e = e_of[r] + sl.start
     layer = l_of[r]
-    train_step = labels.steps[position] if labels.steps is not None else np.full(i.size, np.nan)
-    index_phase = i / labels.num_steps[e]
-    phase = (
-        index_phase
-        if phase_mode == "index" or labels.steps is None
-        else (train_step / labels.num_steps[e])
+    train_step = None if labels.steps is None else labels.steps[core["position"]]
+    out = label_columns(
+        core,
+        experiment=labels.experiment[e],
+        layer=labels.layer[layer],
+        arch_name=labels.arch_name[e],
+        dataset=labels.dataset[e],
+        num_steps=labels.num_steps[e],
+        train_step=train_step,
+        phase=phase_mode,
     )
-    out = {
-        "step": i.astype(np.int64),
-        "magnitude": magnitude,
-        "speed": speed,
-        "direction": _take(_DIRECTIONS, (velocity_values > 0).astype(np.intp)),
-        "phase": phase,
-        "layer": _take(labels.layer, layer),
-        "experiment": _take(labels.experiment, e),
-        "arch_name": _take(labels.arch_name, e),
-        "dataset": _take(labels.dataset, e),
-        "phase_category": _take(_PHASES, _phase_code(phase)),
-        "index_phase": index_phase,
-        "index_phase_category": _take(_PHASES, _phase_code(index_phase)),
-        "index": i.astype(np.int64),
-        "train_step": train_step,
-        "z": z,
-        "velocity": velocity_values,
-        "p_value": np.full(i.size, np.nan) if p_value is None else p_value,
-        "noise_floor": np.full(i.size, np.nan) if noise_floor is None else noise_floor,
-        "significant": np.zeros(i.size, dtype=bool) if significant is None else significant,
-    }
-    keys = np.stack([labels.exp_rank[e], labels.layer_rank[layer], i.astype(np.int64)])
+    keys = np.stack([labels.exp_rank[e], labels.layer_rank[layer], core["index"]])
     return pd.DataFrame(out), keys
 
 
@@ -813,20 +726,20 @@ def _jump_plan(
         alpha = check_alpha(alpha)
     if alpha is not None and n_surrogates < 1:
         raise InputError("alpha needs the significance test", field="n_surrogates", value=0)
-    options: dict[str, Any] = {"dim": dim}
+    test = None
     if n_surrogates > 0:
-        options.update(
+        test = JumpTest(
             alpha=DEFAULT_ALPHA if alpha is None else alpha,
             n_surrogates=n_surrogates,
             floor_ulps=floor_ulps,
             eps=eps,
             seed=seed,
+            keep=alpha,
         )
-    sig_alpha = options.get("alpha")
     labels = _Labels(_series_layout(x, dim), dim)
 
     def block_table(values: np.ndarray, sl: slice) -> tuple[pd.DataFrame, np.ndarray]:
-        return _jump_block(values, sl, labels, threshold, alpha, sig_alpha, options, phase)
+        return _jump_block(values, sl, labels, threshold, test, phase)
 
     def finish(parts: list[Any]) -> pd.DataFrame:
         table = pd.concat([part for part, _ in parts], ignore_index=True)

@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from ndt_store._dims import INDEX, STEP
+from ndt_store._jumps import DEFAULT_ALPHA, DEFAULT_FLOOR_ULPS, DEFAULT_SURROGATES
 from ndt_store._kernels import dynamics as _k
 from ndt_store._kernels.dynamics import DEFAULT_EPSILON
 from ndt_store.errors import InputError
@@ -30,13 +31,6 @@ __all__ = [
     "noise_floor",
     "series_keys",
 ]
-
-DEFAULT_ALPHA = 0.05
-"""Family-wise error rate per series used when none is given."""
-DEFAULT_SURROGATES = 999
-"""Surrogate series per series (p-values resolve down to 1/1000)."""
-DEFAULT_FLOOR_ULPS = 1e4
-"""Noise floor in units of ``eps·max|x|`` (≈ 2.2e-12 for float64 values near 1)."""
 
 
 def _check_dim(x: xr.DataArray, dim: str) -> None:
