@@ -848,6 +848,13 @@ def _draw(
         null_max[rows, b0 : b0 + rotation.shape[0]] = top.reshape(rows.size, rotation.shape[0])
 
 
+def _part_size(rows: int, threads: int) -> int:
+    """Series per part: at most :data:`_SERIES_BLOCK`, and enough parts to keep threads busy."""
+    if threads <= 1:
+        return _SERIES_BLOCK
+    return max(8, min(_SERIES_BLOCK, -(-rows // (2 * threads))))
+
+
 def _run_parts(func: Callable[[np.ndarray], None], parts: list[np.ndarray], threads: int) -> None:
     """``func(part)`` for every part, on up to ``threads`` threads (numpy releases the GIL)."""
     if threads <= 1 or len(parts) <= 1:
@@ -890,7 +897,8 @@ def _pvalues_equal_length(
     done = 0
     for look in [*looks, n_surrogates]:
         blocks = _phase_blocks(m, seed, done, look)
-        parts = [active[r0 : r0 + _SERIES_BLOCK] for r0 in range(0, active.size, _SERIES_BLOCK)]
+        size = _part_size(active.size, threads)
+        parts = [active[r0 : r0 + size] for r0 in range(0, active.size, size)]
         _run_parts(functools.partial(_draw, null_max, amp, blocks=blocks, m=m), parts, threads)
         done = look
         used[active] = look
