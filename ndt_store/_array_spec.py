@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-Codec = Literal["raw", "blosc", "zarr"]
+Codec = Literal["raw", "blosc", "vlen-utf8", "zarr"]
 
 _NUMERIC = {
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -48,8 +48,9 @@ class ArraySpec:
     shape, chunks, dtype, fill_value, dimension_names
         As Zarr reports them (``dimension_names`` a tuple or ``None``).
     codec
-        ``"raw"`` (the bytes codec alone), ``"blosc"`` (bytes then Blosc), or
-        ``"zarr"``: any other layout, whose chunks only Zarr can decode.
+        ``"raw"`` (the bytes codec alone), ``"blosc"`` (bytes then Blosc),
+        ``"vlen-utf8"`` (strings, optionally then zstd: ``zstd`` holds its level and
+        checksum flag), or ``"zarr"``: any other layout, decoded by Zarr.
     arr
         The array opened through Zarr, when it was (always for ``codec="zarr"``).
     """
@@ -63,6 +64,7 @@ class ArraySpec:
     dimension_names: tuple[str | None, ...] | None
     key_prefix: str = "c/"
     separator: str = "/"
+    zstd: tuple[int, bool] | None = None
     arr: Any = None
 
     @property
@@ -180,6 +182,23 @@ def _codec(codecs: Any, dtype: np.dtype) -> Codec:
     return "blosc"
 
 
+def _string_codecs(codecs: Any) -> tuple[Codec, tuple[int, bool] | None]:
+    """``vlen-utf8``, optionally followed by ``zstd`` (level, checksum)."""
+    if not isinstance(codecs, list) or not 1 <= len(codecs) <= 2:
+        raise ValueError("codecs")
+    if _config(codecs[0], "vlen-utf8"):
+        raise ValueError("vlen-utf8 configuration")
+    if len(codecs) == 1:
+        return "vlen-utf8", None
+    zstd = _config(codecs[1], "zstd")
+    level, checksum = zstd.get("level"), zstd.get("checksum", False)
+    if set(zstd) - {"level", "checksum"} or type(level) is not int or type(checksum) is not bool:
+        raise ValueError("zstd configuration")
+    if not -131072 <= level <= 22:
+        raise ValueError("zstd level")
+    return "vlen-utf8", (level, checksum)
+
+
 def _fill(value: Any, dtype: np.dtype) -> Any:
     if dtype.kind == "b":
         if type(value) is not bool:
@@ -225,9 +244,18 @@ def _parse(path: str, doc: Any) -> ArraySpec | None:
         return None
     if doc.get("storage_transformers", []) != [] or not isinstance(doc.get("attributes", {}), dict):
         return None
-    if doc["data_type"] not in _NUMERIC:
+    if doc["data_type"] == "string":
+        dtype = np.dtype(object)
+        codec, zstd = _string_codecs(doc["codecs"])
+        fill = doc["fill_value"]
+        if not isinstance(fill, str):
+            return None
+    elif doc["data_type"] in _NUMERIC:
+        dtype = np.dtype(doc["data_type"])
+        codec, zstd = _codec(doc["codecs"], dtype), None
+        fill = _fill(doc["fill_value"], dtype)
+    else:
         return None
-    dtype = np.dtype(doc["data_type"])
     shape = _ints(doc["shape"], 0)
     grid = doc["chunk_grid"]
     if (
@@ -258,11 +286,12 @@ def _parse(path: str, doc: Any) -> ArraySpec | None:
         shape=shape,
         chunks=chunks,
         dtype=dtype,
-        codec=_codec(doc["codecs"], dtype),
-        fill_value=_fill(doc["fill_value"], dtype),
+        codec=codec,
+        fill_value=fill,
         dimension_names=names,
         key_prefix=prefix,
         separator=sep,
+        zstd=zstd,
     )
 
 

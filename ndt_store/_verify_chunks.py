@@ -120,10 +120,10 @@ class _Reader:
             yield from self._remote(keys)
             return
         view = memoryview(bytearray(limit + 1))
+        head = os.path.join(self.local, "")
         for key in keys:
-            path = os.path.join(self.local, key)
             try:
-                got = _read_into(path, view)
+                got = _read_into(head + key, view)
             except (FileNotFoundError, NotADirectoryError):
                 yield None
                 continue
@@ -262,9 +262,15 @@ class ChunkPass:
 
     def _check_batch(self, job: ChunkJob, coords: list[tuple[int, ...]]) -> _BatchResult:
         """Check some chunks of one array (runs in a worker thread)."""
+        from numcodecs import blosc
+
         spec = job.spec
         res = _BatchResult(done=len(coords))
-        keys = [f"{spec.path}/{spec.chunk_key(c)}" for c in coords]
+        if spec.arr is None:
+            head, sep = f"{spec.path}/{spec.key_prefix}", spec.separator
+            keys = [head + sep.join(map(str, c)) for c in coords]
+        else:
+            keys = [f"{spec.path}/{spec.chunk_key(c)}" for c in coords]
         rows_lo = coords[0][0] * spec.chunks[0]
         flags = seen = None
         if job.nan_rows:
@@ -273,12 +279,12 @@ class ChunkPass:
             seen = np.zeros(rows_hi - rows_lo, dtype=np.int64)
             res.nan_rows = (rows_lo, flags, seen)
         reader = _Reader(self.local, self.zstore)
-        if spec.codec == "zarr":
-            fetched: Iterator[Any] = map(reader.full, keys)
+        if spec.codec in ("raw", "blosc"):
+            fetched: Iterator[Any] = reader.many(keys, spec.chunk_nbytes + _BLOSC_OVERHEAD)
         else:
-            fetched = reader.many(keys, spec.chunk_nbytes + _BLOSC_OVERHEAD)
-        shape, dtype, nbytes = spec.chunks, spec.dtype, spec.chunk_nbytes
-        inner = _interior(spec, job.n)
+            fetched = map(reader.full, keys)
+        shape, dtype, nbytes, codec = spec.chunks, spec.dtype, spec.chunk_nbytes, spec.codec
+        cut = _cut_chunks(spec, job.n)
         one_row = shape[0] == 1
         for coord, key, data in zip(coords, keys, fetched, strict=True):
             if data is None:
@@ -291,16 +297,16 @@ class ChunkPass:
             got = len(data)
             res.nbytes += got
             values: np.ndarray | None = None
-            if spec.codec == "raw" and got == nbytes:
+            if codec == "raw" and got == nbytes:
                 values = np.frombuffer(data, dtype=dtype)
             elif (
-                spec.codec == "blosc"
+                codec == "blosc"
                 and got >= 16
                 and int.from_bytes(data[12:16], "little") == got
                 and int.from_bytes(data[4:8], "little") == nbytes
             ):
                 try:
-                    values = np.frombuffer(_blosc_decompress(data), dtype=dtype)
+                    values = np.frombuffer(blosc.decompress(data), dtype=dtype)
                 except Exception:
                     values = None  # the careful path below words the report
             if values is None:
@@ -313,7 +319,7 @@ class ChunkPass:
                     res.problems.append((key, "error", f"chunk does not decode ({exc})"))
                     continue
                 res.nbytes += whole - got
-            edge = not all(c < e for c, e in zip(coord, inner, strict=True))
+            edge = any(coord[i] == last for i, last in cut)
             if job.values is not None:
                 r0 = coord[0] * shape[0]
                 stop = min(shape[0], job.n - r0)
@@ -339,9 +345,24 @@ def _blosc_decompress(data: bytes | memoryview) -> bytes:
     return bytes(blosc.decompress(data))
 
 
-def _interior(spec: ArraySpec, n: int) -> tuple[int, ...]:
-    """Per dimension, the first chunk index whose chunk is cut by the edge (rows ``n``)."""
-    return tuple((size // k) for size, k in zip((n, *spec.shape[1:]), spec.chunks, strict=True))
+def _vlen_utf8(spec: ArraySpec, data: bytes | memoryview) -> np.ndarray:
+    """Decode a string chunk as Zarr's ``vlen-utf8`` (after ``zstd``) codecs do."""
+    from numcodecs.vlen import VLenUTF8
+
+    raw: Any = data
+    if spec.zstd is not None:
+        from numcodecs.zstd import Zstd
+
+        level, checksum = spec.zstd
+        raw = Zstd(level=level, checksum=checksum).decode(data)
+    return np.asarray(VLenUTF8().decode(raw)).reshape(spec.chunks)
+
+
+def _cut_chunks(spec: ArraySpec, n: int) -> list[tuple[int, int]]:
+    """(dimension, chunk index) of the last chunks cut short by the edge (rows ``n``)."""
+    sizes = (n, *spec.shape[1:])
+    pairs = enumerate(zip(sizes, spec.chunks, strict=True))
+    return [(i, size // k) for i, (size, k) in pairs if size % k]
 
 
 def _careful(
@@ -358,7 +379,7 @@ def _careful(
     local chunk is reread whole first (the fast read stops past a chunk's size).
     """
     whole: bytes | memoryview | None = data
-    if spec.codec != "zarr" and reader.local is not None:
+    if spec.codec in ("raw", "blosc") and reader.local is not None:
         whole = reader.full(key)
         if whole is None:
             raise _Damaged("vanished while being read")
@@ -370,6 +391,8 @@ def _damage(spec: ArraySpec, data: bytes | memoryview) -> str | None:
     """Why ``data`` is not one whole stored chunk (the words of ``stored_chunk_problem``)."""
     if spec.codec == "zarr":
         return stored_chunk_problem(spec.arr, bytes(data))
+    if spec.codec == "vlen-utf8":
+        return None  # variable length: only decoding tells
     nbytes = spec.chunk_nbytes
     try:
         if spec.codec == "blosc":
@@ -398,6 +421,8 @@ def _decode(
         if spec.codec == "blosc":
             flat = np.frombuffer(_blosc_decompress(data), dtype=spec.dtype)
             return flat.reshape(spec.chunks)
+        if spec.codec == "vlen-utf8":
+            return _vlen_utf8(spec, data)
         sel = tuple(
             slice(c * k, min((c + 1) * k, n if i == 0 else s))
             for i, (c, k, s) in enumerate(zip(coord, spec.chunks, spec.shape, strict=True))
