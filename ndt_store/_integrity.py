@@ -14,7 +14,10 @@ snapshot frames, tables) and reports, naming the array and chunk at fault:
   from the experiment's snapshot list, a snapshot tensor that reads entirely as
   the fill value;
 - leftovers that are harmless but take space (``*.partial`` files of writes that
-  were interrupted, invisible uncommitted experiment groups).
+  were interrupted, invisible uncommitted experiment groups). By default only the
+  directories where an interrupted write can leave a ``.partial`` file that no
+  later write replaced are listed (not each committed row's chunk directories,
+  which would cost as much as reading every chunk); ``strict=True`` lists all.
 
 Frames write every chunk, even one equal to the fill value everywhere, so an
 absent chunk inside a frame's committed rows is always an error. Tables use
@@ -134,17 +137,20 @@ def verify_store(
 
     The metadata are walked first (a local store's documents read as files, arrays
     of the frames' layout described without opening them in Zarr); then every
-    chunk of the committed region is fetched, checked and decoded by ``workers``
-    threads at once (fetching and Blosc decoding release the GIL), each chunk read
-    once; the semantic checks (steps increasing, snapshot rows) run last, on what the
-    chunk pass read. A local store's tree is searched for leftovers meanwhile.
+    chunk of the committed region is fetched, checked and decoded once, by
+    ``workers`` threads at once for remote stores and local chunks of 1 MiB or
+    more (smaller local chunks are faster in the calling thread); the semantic
+    checks (steps increasing, snapshot rows) run last, on what the chunk pass read.
+    Leftover ``*.partial`` files are searched for where interrupted writes leave
+    them, or in every directory with ``strict=True`` (see :mod:`ndt_store._leftovers`).
 
     Parameters
     ----------
     store
         An open store (any mode; nothing is written).
     strict
-        Also treat absent chunks of tables as errors (absent frame chunks always are).
+        Also treat absent chunks of tables as errors (absent frame chunks always
+        are), and search every directory of a local store for leftovers.
     workers
         Threads reading chunks (default 8).
     progress
