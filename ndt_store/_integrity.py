@@ -483,8 +483,21 @@ def _check_tables(
         return
     if not isinstance(parent, zarr.Group):
         return
-    for name, group in child_groups(parent):
-        if not group.attrs.get("committed"):
+    for name, holder in child_groups(parent):
+        where = f"tables/{name}"
+        group, current = holder, holder.attrs.get("current")
+        if current is not None:  # the table's pointer to its current version group
+            where = f"{where}/{current}"
+            try:
+                version = holder[str(current)]
+            except Exception as exc:
+                report.add("error", where, f"current table version unreadable ({exc})")
+                continue
+            if not isinstance(version, zarr.Group):
+                report.add("error", where, "current table version is not a group")
+                continue
+            group = version
+        elif not holder.attrs.get("committed"):  # the layout before table versions
             continue
         report.checked["tables"] += 1
         layout.group(group.path)
@@ -492,7 +505,7 @@ def _check_tables(
         columns = group.attrs.get("columns", [])
         for col in columns if isinstance(columns, list) else []:
             col = str(col)
-            apath = f"tables/{name}/{col}"
+            apath = f"{where}/{col}"
             try:
                 arr = group[col]
             except Exception as exc:
@@ -505,7 +518,7 @@ def _check_tables(
             layout.array(spec, arr.shape[0])
             report.checked["chunks"] += jobs.add(spec, arr.shape[0], missing)
         if len(lengths) > 1:
-            report.add("error", f"tables/{name}", f"columns differ in length: {sorted(lengths)}")
+            report.add("error", where, f"columns differ in length: {sorted(lengths)}")
 
 
 def _check_leftovers(

@@ -280,3 +280,19 @@ def test_leftover_search_lists_every_directory_when_strict(tmp_path: Path) -> No
         every.append(_partial(Path(dirpath), "k.0123.partial"))
     found = _leftovers.find_partials(str(path), None)
     assert len(found) == len(every)
+
+
+# ------------------------------------------------------------------ tables
+@pytest.mark.parametrize("damage", ["garbled", "deleted"])
+def test_the_current_version_of_a_table_is_checked(tmp_path: Path, damage: str) -> None:
+    path = _store(tmp_path)
+    report = _verify(path, strict=True)
+    assert report.checked["tables"] == 1 and report.problems == []
+    (chunk,) = path.glob("tables/t/v-*/a/c/0")
+    key = chunk.relative_to(path).as_posix()
+    if damage == "deleted":
+        chunk.unlink()
+        assert _paths(_verify(path), "warning") == [key]  # tables skip all-fill chunks
+    else:
+        chunk.write_bytes(b"\x01" * 40)
+    assert _paths(_verify(path, strict=True), "error") == [key]
