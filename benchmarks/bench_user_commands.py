@@ -276,6 +276,11 @@ def run(
     return rows
 
 
+def _group(row: dict[str, Any]) -> str:
+    """``jumps`` (whole-process jumps, --help, ls) or ``io`` (verify, synth)."""
+    return "jumps" if row["case"].startswith("ndt-store") else "io"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller synth store")
@@ -285,6 +290,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["jumps", "io"], help="only these rows")
     args = parser.parse_args()
     rows = run(quick=args.quick, data=args.data, only=args.only)
+    if args.only and RESULTS.exists():  # keep the other group's rows of the last run
+        last = json.loads(RESULTS.read_text())
+        if last.get("quick") == args.quick:
+            rows = [r for r in last["rows"] if _group(r) != args.only] + rows
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2))
     print(f"wrote {RESULTS}")
