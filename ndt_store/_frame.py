@@ -847,7 +847,7 @@ def stored_chunk_problem(arr: Any, data: bytes) -> str | None:
     return None
 
 
-def _check_blosc_header(data: bytes, nbytes: int) -> None:
+def _check_blosc_header(data: bytes | memoryview, nbytes: int) -> None:
     """Raise ``ValueError`` unless ``data`` is one whole Blosc frame of ``nbytes``.
 
     The 16-byte header holds (little-endian) the decoded size at offset 4 and

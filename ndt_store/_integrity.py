@@ -14,7 +14,10 @@ snapshot frames, tables) and reports, naming the array and chunk at fault:
   from the experiment's snapshot list, a snapshot tensor that reads entirely as
   the fill value;
 - leftovers that are harmless but take space (``*.partial`` files of writes that
-  were interrupted, invisible uncommitted experiment groups).
+  were interrupted, invisible uncommitted experiment groups). By default only the
+  directories where an interrupted write can leave a ``.partial`` file that no
+  later write replaced are listed (not each committed row's chunk directories,
+  which would cost as much as reading every chunk); ``strict=True`` lists all.
 
 Frames write every chunk, even one equal to the fill value everywhere, so an
 absent chunk inside a frame's committed rows is always an error. Tables use
@@ -25,13 +28,10 @@ Zarr's default (all-fill chunks are not written): there an absent chunk is a
 from __future__ import annotations
 
 import functools
-import itertools
 import json
-import time
+import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -40,13 +40,10 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ndt_store import _dims as D
-from ndt_store._frame import (
-    FRAME_ATTR,
-    _fast_layout,
-    child_groups,
-    decode_chunk,
-    stored_chunk_problem,
-)
+from ndt_store import _leftovers
+from ndt_store._array_spec import ArraySpec, simple_group_attributes
+from ndt_store._frame import FRAME_ATTR, child_groups
+from ndt_store._verify_chunks import ChunkPass, VerifyProgress
 
 if TYPE_CHECKING:
     from ndt_store.store import Store
@@ -138,22 +135,27 @@ def verify_store(
 ) -> IntegrityReport:
     """Check every committed unit of ``store``; never raises for a damaged store.
 
-    The metadata are walked first; then every chunk of the committed region is
-    fetched, checked and decoded by ``workers`` threads at once (fetching and
-    Blosc decoding release the GIL), each chunk read once; the semantic checks
-    (steps increasing, snapshot rows) run last, reusing what the chunk pass saw.
+    The metadata are walked first (a local store's documents read as files, arrays
+    of the frames' layout described without opening them in Zarr); then every
+    chunk of the committed region is fetched, checked and decoded once, by
+    ``workers`` threads at once for remote stores and local chunks of 1 MiB or
+    more (smaller local chunks are faster in the calling thread); the semantic
+    checks (steps increasing, snapshot rows) run last, on what the chunk pass read.
+    Leftover ``*.partial`` files are searched for where interrupted writes leave
+    them, or in every directory with ``strict=True`` (see :mod:`ndt_store._leftovers`).
 
     Parameters
     ----------
     store
         An open store (any mode; nothing is written).
     strict
-        Also treat absent chunks of tables as errors (absent frame chunks always are).
+        Also treat absent chunks of tables as errors (absent frame chunks always
+        are), and search every directory of a local store for leftovers.
     workers
-        Chunks read at once (default 8).
+        Threads reading chunks (default 8).
     progress
-        Called from the calling thread with a :class:`VerifyProgress` after
-        each batch of chunks (a few times a second at most).
+        Called from the calling thread with a :class:`VerifyProgress` as chunks are
+        checked (a few times a second at most, and once at the end).
 
     Returns
     -------
@@ -172,12 +174,13 @@ def verify_store(
     (True, 1)
     """
     report = IntegrityReport(store.location)
-    root = store.zarr_group
+    meta = _Metadata(store)
+    layout = _leftovers.Layout()
     missing: Severity = "error" if strict else "warning"
-    jobs = _ChunkJobs(local=_local_root(store))
+    jobs = ChunkPass(meta.local, meta.zstore)
     later: list[Callable[[], None]] = []  # semantic checks, after the chunk pass
-    for name, meta in _experiment_metadata(store, report):
-        entry = meta.get("attributes", {}).get("ndt_experiment")
+    for name, doc in _experiment_metadata(meta, report):
+        entry = doc.get("attributes", {}).get("ndt_experiment")
         path = f"experiments/{name}"
         if not isinstance(entry, dict):
             report.add("warning", path, "group without ndt_experiment attributes (ignored)")
@@ -190,59 +193,138 @@ def verify_store(
         for key in ("revision", "phase1"):
             if key not in entry:
                 report.add("error", path, f"committed experiment lacks {key!r}")
-        try:
-            group = root[path]
-        except Exception as exc:
-            report.add("error", path, f"group unreadable ({type(exc).__name__}: {exc})")
-            continue
-        assert isinstance(group, zarr.Group)
+        group = _GroupRef(meta, path)
+        layout.group(group.store_path)
+        if simple_group_attributes(doc) is None:  # let Zarr judge the document
+            try:
+                group.open()
+            except Exception as exc:
+                report.add("error", path, f"group unreadable ({type(exc).__name__}: {exc})")
+                continue
         if "phase1" in entry:
-            frame = _check_frame(report, jobs, group, entry["phase1"], "error")
+            frame = _check_frame(report, jobs, layout, group, entry["phase1"], snapshots=False)
             if frame is not None:
-                later.append(functools.partial(_check_phase1, report, frame))
+                later.append(functools.partial(_check_phase1, report, frame, jobs))
         snaps = entry.get("snapshots", [])
         if snaps:
             name = str(entry.get("snapshot_frame", "snapshots"))
-            frame = _check_frame(report, jobs, group, name, "error")
+            frame = _check_frame(report, jobs, layout, group, name, snapshots=True)
             if frame is not None:
                 later.append(functools.partial(_check_snapshots, report, frame, snaps, jobs))
-    _check_tables(store, report, jobs, missing)
-    jobs.run(report, workers or _WORKERS, progress)
+    _check_tables(store, report, jobs, layout, missing)
+    jobs.run(report.add, workers or _WORKERS, progress)
     for check in later:
         check()
-    _check_leftovers(store, report)
+    _check_leftovers(meta, None if strict else layout, report)
     return report
 
 
-def _local_root(store: Store) -> Path | None:
-    """The directory the zarr keys of ``store`` are relative to, when it is local."""
-    local = store._local
-    zstore = store.zarr_group.store
-    root = getattr(zstore, "root", None)
-    if local is None or root is None:
-        return None
-    return Path(root)
+class _Metadata:
+    """Reads the store's metadata documents: files of a local store, else Zarr's store."""
+
+    def __init__(self, store: Store) -> None:
+        self.root = store.zarr_group
+        self.zstore = self.root.store
+        self.base = self.root.path
+        root = getattr(self.zstore, "root", None)
+        self.local = None if store._local is None or root is None else os.fspath(root)
+
+    def key(self, path: str) -> str:
+        """The store key of ``path`` (relative to the store's root group)."""
+        return f"{self.base}/{path}" if self.base else path
+
+    def raw(self, key: str) -> bytes | None:
+        """The bytes stored at ``key`` (``None`` when absent)."""
+        if self.local is not None:
+            try:
+                with open(os.path.join(self.local, key), "rb") as fh:
+                    return fh.read()
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return None
+        buf = sync(self.zstore.get(key, prototype=default_buffer_prototype()))
+        return None if buf is None else buf.to_bytes()
+
+    def document(self, key: str) -> Any:
+        """The parsed JSON at ``key``, ``None`` when absent or not JSON."""
+        try:
+            data = self.raw(key)
+            return None if data is None else json.loads(data)
+        except (OSError, ValueError):
+            return None
+
+    def names(self, path: str) -> list[str]:
+        """The entries directly under ``path``, sorted."""
+        prefix = self.key(path)
+        if self.local is not None:
+            try:
+                return sorted(os.listdir(os.path.join(self.local, prefix)))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
+        async def names() -> list[str]:
+            return [n async for n in self.zstore.list_dir(prefix)]
+
+        return sorted(sync(names()))
 
 
-def _experiment_metadata(store: Store, report: IntegrityReport) -> Iterator[tuple[str, Any]]:
-    zstore = store.zarr_group.store
-    base = store.zarr_group.path
-    prefix = f"{base}/experiments" if base else "experiments"
+class _GroupRef:
+    """A group by path: its documents read directly, opened through Zarr only when needed."""
 
-    async def names() -> list[str]:
-        return [n async for n in zstore.list_dir(prefix) if n != "zarr.json"]
+    def __init__(self, meta: _Metadata, path: str) -> None:
+        self.meta = meta
+        self.path = path  # relative to the store's root group
+        self.store_path = meta.key(path)  # Zarr's ``Group.path``
+        self._group: zarr.Group | None = None
 
-    for name in sorted(sync(names())):
-        key = f"{prefix}/{name}/zarr.json"
-        buf = sync(zstore.get(key, prototype=default_buffer_prototype()))
-        if buf is None:
+    def open(self) -> zarr.Group:
+        """The group opened through Zarr (raises what Zarr raises)."""
+        if self._group is None:
+            group = self.meta.root[self.path]
+            if not isinstance(group, zarr.Group):
+                raise TypeError(f"{self.path} is an array, not a group")
+            self._group = group
+        return self._group
+
+    def child(self, name: str) -> _GroupRef:
+        """The subgroup ``name``."""
+        return _GroupRef(self.meta, f"{self.path}/{name}")
+
+    def attributes(self) -> dict[str, Any]:
+        """The group's attributes (raises what Zarr raises when it must open it)."""
+        doc = self.meta.document(f"{self.store_path}/zarr.json")
+        attrs = simple_group_attributes(doc)
+        return dict(self.open().attrs) if attrs is None else attrs
+
+    def array(self, name: str) -> ArraySpec:
+        """The array ``name`` (raises what Zarr raises when it must open it)."""
+        path = f"{self.store_path}/{name}"
+        spec = ArraySpec.from_document(path, self.meta.document(f"{path}/zarr.json"))
+        if spec is not None:
+            return spec
+        arr = self.open()[name]
+        if not isinstance(arr, zarr.Array):
+            raise _NotAnArray
+        return ArraySpec.from_zarr(arr)
+
+
+class _NotAnArray(Exception):
+    pass
+
+
+def _experiment_metadata(meta: _Metadata, report: IntegrityReport) -> Iterator[tuple[str, Any]]:
+    for name in meta.names("experiments"):
+        if name == "zarr.json":
+            continue
+        key = meta.key(f"experiments/{name}/zarr.json")
+        data = meta.raw(key)
+        if data is None:
             continue
         try:
-            meta = json.loads(buf.to_bytes())
+            doc = json.loads(data)
         except ValueError as exc:
             report.add("error", key, f"metadata is not valid JSON ({exc})")
             continue
-        yield name, meta
+        yield name, doc
 
 
 @dataclass
@@ -250,187 +332,87 @@ class _FrameView:
     path: str
     rows: int
     columns: dict[str, Any]
-    arrays: dict[str, zarr.Array]
+    arrays: dict[str, ArraySpec]
 
 
 def _check_frame(
-    report: IntegrityReport, jobs: _ChunkJobs, group: zarr.Group, name: str, missing: Severity
+    report: IntegrityReport,
+    jobs: ChunkPass,
+    layout: _leftovers.Layout,
+    group: _GroupRef,
+    name: str,
+    *,
+    snapshots: bool,
 ) -> _FrameView | None:
-    path = f"{group.path}/{name}"
+    """Check a committed frame's registry and arrays; queue its chunks (absent: errors)."""
+    frame = group.child(name)
+    path = frame.store_path
     try:
-        fgroup = group[name]
+        info = frame.attributes().get(FRAME_ATTR)
     except Exception as exc:
         report.add("error", path, f"committed frame unreadable ({type(exc).__name__}: {exc})")
         return None
-    info = fgroup.attrs.get(FRAME_ATTR)
     if not isinstance(info, dict) or not isinstance(info.get("rows"), int):
         report.add("error", path, f"frame registry {FRAME_ATTR!r} missing or malformed")
         return None
     report.checked["frames"] += 1
+    layout.group(path)
     rows = int(info["rows"])
     view = _FrameView(path, rows, dict(info.get("columns", {})), {})
     statics = dict(info.get("static", {}))
     for col, dims in {**view.columns, **statics}.items():
         apath = f"{path}/{col}"
         try:
-            arr = fgroup[col]
+            arr = frame.array(col)
+        except _NotAnArray:
+            report.add("error", apath, "listed as an array but is a group")
+            continue
         except Exception as exc:
             report.add("error", apath, f"array unreadable ({type(exc).__name__}: {exc})")
             continue
-        if not isinstance(arr, zarr.Array):
-            report.add("error", apath, "listed as an array but is a group")
-            continue
         report.checked["arrays"] += 1
-        names = getattr(arr.metadata, "dimension_names", None)
+        names = arr.dimension_names
         if names is not None and list(names) != list(dims):
             report.add("error", apath, f"dims {names} != registry {dims}")
         n = arr.shape[0] if col in statics or not arr.shape else rows
+        layout.array(arr, n)
         if col not in statics and arr.shape[0] < rows:
             report.add("error", apath, f"{arr.shape[0]} rows but {rows} are committed")
             continue
         view.arrays[col] = arr
-        jobs.add_array(report, arr, n if arr.shape else 0, missing)
+        keep = col == D.STEP or col.startswith("present/")
+        report.checked["chunks"] += jobs.add(
+            arr, n if arr.shape else 0, "error", keep=keep, nan_rows=snapshots
+        )
     return view
 
 
-@dataclass
-class VerifyProgress:
-    """Where :func:`verify_store` stands in its chunk pass."""
-
-    chunks_done: int
-    chunks_total: int
-    bytes_read: int
-    seconds: float
-
-
-@dataclass
-class _Chunk:
-    arr: zarr.Array
-    coords: tuple[int, ...]
-    key: str
-    rel: str
-    n: int
-    missing: Severity
+def _zarr_array(spec: ArraySpec, zstore: Any) -> zarr.Array:
+    """``spec``'s array opened through Zarr."""
+    if spec.arr is not None:
+        return spec.arr
+    arr = zarr.open_array(store=zstore, path=spec.path, mode="r", zarr_format=3)
+    object.__setattr__(spec, "arr", arr)
+    return arr
 
 
-@dataclass
-class _ChunkResult:
-    nbytes: int = 0
-    problem: tuple[Severity, str] | None = None
-    nan_rows: np.ndarray | None = None  # per row of the chunk: every value NaN
-
-
-@dataclass
-class _ChunkJobs:
-    """Every chunk of the committed region, checked concurrently by :meth:`run`."""
-
-    local: Path | None = None  # a local store's directory: chunk files are read directly
-    chunks: list[_Chunk] = field(default_factory=list)
-    nan_rows: dict[tuple[str, int], bool] = field(default_factory=dict)
-
-    def add_array(
-        self, report: IntegrityReport, arr: zarr.Array, n: int, missing: Severity
-    ) -> None:
-        if not arr.shape or n == 0 or any(s == 0 for s in arr.shape[1:]):
-            return
-        chunks = arr.chunks
-        grid = [range(-(-n // chunks[0]))] + [
-            range(-(-s // c)) for s, c in zip(arr.shape[1:], chunks[1:], strict=True)
-        ]
-        for coords in itertools.product(*grid):
-            rel = arr.metadata.encode_chunk_key(coords)
-            key = f"{arr.store_path.path}/{rel}"
-            report.checked["chunks"] += 1
-            self.chunks.append(_Chunk(arr, coords, key, rel, n, missing))
-
-    def run(
-        self,
-        report: IntegrityReport,
-        workers: int,
-        progress: Callable[[VerifyProgress], None] | None,
-    ) -> None:
-        start = time.perf_counter()
-        total, done, nbytes, last = len(self.chunks), 0, 0, 0.0
-        fast = {}
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            # a bounded window of chunks in flight; results in the chunks' order
-            window = max(1, workers) * 4
-            for base in range(0, total, window):
-                part = self.chunks[base : base + window]
-                for chunk in part:
-                    if id(chunk.arr) not in fast:
-                        fast[id(chunk.arr)] = _fast_layout(chunk.arr)
-                results = pool.map(lambda c: _check_chunk(c, fast[id(c.arr)], self.local), part)
-                for chunk, res in zip(part, results, strict=True):
-                    done += 1
-                    nbytes += res.nbytes
-                    if res.problem is not None:
-                        report.add(res.problem[0], chunk.key, res.problem[1])
-                    if res.nan_rows is not None:
-                        first = chunk.coords[0] * chunk.arr.chunks[0]
-                        for i, flag in enumerate(res.nan_rows.tolist()):
-                            self.nan_rows[(chunk.arr.path, first + i)] = flag
-                now = time.perf_counter()
-                if progress is not None and (now - last >= 0.25 or done == total):
-                    progress(VerifyProgress(done, total, nbytes, now - start))
-                    last = now
-
-
-def _fetch(chunk: _Chunk, local: Path | None) -> bytes | None:
-    """The stored bytes of a chunk (``None`` if absent): a plain file read when local."""
-    if local is not None:
-        try:
-            return (local / chunk.key).read_bytes()
-        except FileNotFoundError:
-            return None
-    buf = sync(chunk.arr.store_path.store.get(chunk.key, prototype=default_buffer_prototype()))
-    return None if buf is None else buf.to_bytes()
-
-
-def _check_chunk(chunk: _Chunk, fast: bool, local: Path | None) -> _ChunkResult:
-    """Fetch one chunk once: presence, size, decoding (runs in a worker thread)."""
-    arr = chunk.arr
-    data = _fetch(chunk, local)
-    if data is None:
-        message = (
-            "chunk absent: reads as the fill value "
-            f"{arr.metadata.fill_value!r} (never written, or lost)"
-        )
-        return _ChunkResult(problem=(chunk.missing, message))
-    damaged = stored_chunk_problem(arr, data)
-    if damaged:
-        return _ChunkResult(len(data), ("error", f"chunk {damaged}"))
-    chunks = arr.chunks
-    sel = tuple(
-        slice(c * k, min((c + 1) * k, (chunk.n if i == 0 else arr.shape[i])))
-        for i, (c, k) in enumerate(zip(chunk.coords, chunks, strict=True))
-    )
-    try:
-        values = decode_chunk(arr, chunk.rel, data) if fast else np.asarray(arr[sel])
-    except Exception as exc:
-        return _ChunkResult(
-            len(data), ("error", f"chunk does not decode ({type(exc).__name__}: {exc})")
-        )
-    nan_rows = None
-    one_row = chunks[0] == 1 and tuple(chunks[1:]) == tuple(arr.shape[1:])
-    if one_row and arr.dtype.kind == "f" and values.ndim > 1:  # a snapshot tensor's row
-        rows = values[: sel[0].stop - sel[0].start]
-        nan_rows = np.isnan(rows.reshape(rows.shape[0], -1)).all(axis=-1)
-    return _ChunkResult(len(data), None, nan_rows)
-
-
-def _read(report: IntegrityReport, frame: _FrameView, col: str) -> np.ndarray | None:
-    arr = frame.arrays.get(col)
-    if arr is None:
+def _read(frame: _FrameView, col: str, jobs: ChunkPass) -> np.ndarray | None:
+    """Rows of ``col`` from the chunk pass, else read through Zarr; ``None`` if unreadable."""
+    spec = frame.arrays.get(col)
+    if spec is None:
         return None
+    values = jobs.values(spec.path)
+    if values is not None and col in frame.columns:
+        return values[: frame.rows]
     try:
+        arr = _zarr_array(spec, jobs.zstore)
         return np.asarray(arr[: frame.rows] if col in frame.columns else arr[...])
     except Exception:  # already reported chunk by chunk
         return None
 
 
-def _check_phase1(report: IntegrityReport, frame: _FrameView) -> None:
-    steps = _read(report, frame, D.STEP)
+def _check_phase1(report: IntegrityReport, frame: _FrameView, jobs: ChunkPass) -> None:
+    steps = _read(frame, D.STEP, jobs)
     if steps is None:
         if frame.rows:
             report.add("error", f"{frame.path}/{D.STEP}", "Phase 1 steps unreadable")
@@ -446,9 +428,10 @@ def _check_phase1(report: IntegrityReport, frame: _FrameView) -> None:
 
 
 def _check_snapshots(
-    report: IntegrityReport, frame: _FrameView, snaps: list[Any], jobs: _ChunkJobs
+    report: IntegrityReport, frame: _FrameView, snaps: list[Any], jobs: ChunkPass
 ) -> None:
-    steps = _read(report, frame, D.STEP)
+    steps = _read(frame, D.STEP, jobs)
+    present = {col: _read(frame, col, jobs) for col in frame.arrays if col.startswith("present/")}
     for snap in snaps:
         report.checked["snapshots"] += 1
         row, step = snap.get("row"), snap.get("step")
@@ -459,20 +442,13 @@ def _check_snapshots(
         if steps is not None and int(steps[row]) != step:
             report.add("error", where, f"stored step is {int(steps[row])}")
         for kind in snap.get("kinds", []):
-            flag = frame.arrays.get(f"present/{kind}")
+            flag = present.get(f"present/{kind}")
             if flag is not None and not bool(flag[row]):
                 report.add("error", where, f"{kind} listed but its presence flag is unset")
             for col, arr in frame.arrays.items():
                 if not col.startswith(f"{kind}/") or arr.dtype.kind != "f":
                     continue
-                all_nan = jobs.nan_rows.get((arr.path, row))  # seen by the chunk pass
-                if all_nan is None:
-                    try:
-                        values = np.asarray(arr[row])
-                    except Exception:
-                        continue  # reported as an undecodable chunk
-                    all_nan = bool(values.size and np.isnan(values).all())
-                if all_nan:
+                if _all_nan(arr, row, jobs):
                     report.add(
                         "warning",
                         f"{frame.path}/{col} row {row}",
@@ -480,8 +456,24 @@ def _check_snapshots(
                     )
 
 
+def _all_nan(spec: ArraySpec, row: int, jobs: ChunkPass) -> bool:
+    """Whether ``row`` of ``spec`` reads entirely as NaN (False when unreadable)."""
+    known = jobs.all_nan(spec.path, row)  # seen by the chunk pass
+    if known is not None:
+        return known
+    try:
+        values = np.asarray(_zarr_array(spec, jobs.zstore)[row])
+    except Exception:
+        return False  # reported as an undecodable chunk
+    return bool(values.size and np.isnan(values).all())
+
+
 def _check_tables(
-    store: Store, report: IntegrityReport, jobs: _ChunkJobs, missing: Severity
+    store: Store,
+    report: IntegrityReport,
+    jobs: ChunkPass,
+    layout: _leftovers.Layout,
+    missing: Severity,
 ) -> None:
     root = store.zarr_group
     try:
@@ -491,15 +483,29 @@ def _check_tables(
         return
     if not isinstance(parent, zarr.Group):
         return
-    for name, group in child_groups(parent):
-        if not group.attrs.get("committed"):
+    for name, holder in child_groups(parent):
+        where = f"tables/{name}"
+        group, current = holder, holder.attrs.get("current")
+        if current is not None:  # the table's pointer to its current version group
+            where = f"{where}/{current}"
+            try:
+                version = holder[str(current)]
+            except Exception as exc:
+                report.add("error", where, f"current table version unreadable ({exc})")
+                continue
+            if not isinstance(version, zarr.Group):
+                report.add("error", where, "current table version is not a group")
+                continue
+            group = version
+        elif not holder.attrs.get("committed"):  # the layout before table versions
             continue
         report.checked["tables"] += 1
+        layout.group(group.path)
         lengths = set()
         columns = group.attrs.get("columns", [])
         for col in columns if isinstance(columns, list) else []:
             col = str(col)
-            apath = f"tables/{name}/{col}"
+            apath = f"{where}/{col}"
             try:
                 arr = group[col]
             except Exception as exc:
@@ -508,21 +514,24 @@ def _check_tables(
             assert isinstance(arr, zarr.Array)
             report.checked["arrays"] += 1
             lengths.add(arr.shape[0])
-            jobs.add_array(report, arr, arr.shape[0], missing)
+            spec = ArraySpec.from_zarr(arr)
+            layout.array(spec, arr.shape[0])
+            report.checked["chunks"] += jobs.add(spec, arr.shape[0], missing)
         if len(lengths) > 1:
-            report.add("error", f"tables/{name}", f"columns differ in length: {sorted(lengths)}")
+            report.add("error", where, f"columns differ in length: {sorted(lengths)}")
 
 
-def _check_leftovers(store: Store, report: IntegrityReport) -> None:
-    local = store._local
-    if local is None:
+def _check_leftovers(
+    meta: _Metadata, layout: _leftovers.Layout | None, report: IntegrityReport
+) -> None:
+    if meta.local is None:
         return
-    partial = [p for p in Path(local).rglob("*.partial") if ".locks" not in p.parts]
-    if partial:
+    found = _leftovers.find_partials(meta.local, layout)
+    if found:
         report.add(
             "warning",
-            str(partial[0].relative_to(local)),
-            f"{len(partial)} leftover *.partial file(s) of interrupted writes (harmless)",
+            os.path.relpath(found[0], meta.local),
+            f"{len(found)} leftover *.partial file(s) of interrupted writes (harmless)",
         )
 
 

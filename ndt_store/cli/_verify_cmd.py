@@ -22,8 +22,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"{PLAIN_EVERY_S:g} s when it is not a terminal). Exit status 1 when a problem is found.",
     )
     add_store(p)
-    p.add_argument("--strict", action="store_true", help="treat absent chunks as errors")
-    p.add_argument("--threads", type=int, default=8, metavar="N", help="chunks read at once (8)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat absent table chunks as errors; search every directory for leftovers",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=8,
+        metavar="N",
+        help="chunks read at once from remote stores and local chunks >= 1 MiB (8)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_verify)
 
