@@ -150,6 +150,36 @@ def _fill_rows(arr: zarr.Array, start: int, stop: int) -> None:
         lo = hi
 
 
+async def _open_arrays(base: Any, names: Sequence[str]) -> dict[str, Any]:
+    """Open the arrays ``names`` under ``base`` (a store path) concurrently, as ``AsyncArray``."""
+    from zarr.core.array import AsyncArray
+
+    async def one(name: str) -> Any:
+        try:
+            return await AsyncArray.open(base / name)
+        except (FileNotFoundError, KeyError):
+            raise CorruptStoreError(f"{base}: array {name!r} is listed but missing") from None
+        except Exception as exc:  # unreadable metadata (truncated JSON, bad fields)
+            raise CorruptStoreError(
+                f"{base}/{name}: unreadable array metadata ({type(exc).__name__}: {exc})"
+            ) from None
+
+    return dict(zip(names, await gather_all(*(one(n) for n in names)), strict=True))
+
+
+async def _write_rows(arr: Any, values: np.ndarray, start: int) -> None:
+    """Write ``values`` as rows ``start, start + 1, ...`` of ``arr`` (an ``AsyncArray``).
+
+    The array is first resized to end exactly after them, in one metadata write: that
+    also drops rows an interrupted append left past the committed ones. Its chunks
+    are then written concurrently by zarr.
+    """
+    stop = start + values.shape[0]
+    if arr.shape[0] != stop:
+        await arr.resize((stop, *arr.shape[1:]))
+    await arr.setitem(slice(start, stop), values)
+
+
 class Frame:
     """An append-only group of arrays sharing their first dimension.
 
@@ -299,7 +329,15 @@ class Frame:
         extra_attrs: Mapping[str, Any] | None = None,
         compressors: Mapping[str, Any] | None = None,
     ) -> int:
-        """Implementation of :meth:`append` (write_empty_chunks set by the caller)."""
+        """Implementation of :meth:`append` (write_empty_chunks set by the caller).
+
+        Three phases: every shape is checked before anything is written (a refused
+        append leaves the arrays untouched); new columns are created; then the rows
+        of all columns are written concurrently, each column's resize and its ``k``
+        chunks in one go. Only then are the rows committed (one attribute write).
+        """
+        from zarr.core.sync import sync
+
         if not columns:
             raise InputError("nothing to append")
         lengths = {name: np.shape(v)[0] if np.ndim(v) else -1 for name, v in columns.items()}
@@ -308,25 +346,31 @@ class Frame:
             raise InputError(f"columns must share their first (row) axis length; got {lengths}")
         n = self.rows
         registry = dict(self._info["columns"])
-        for name, values in columns.items():
-            values = np.asarray(values)
+        rows = {name: np.asarray(values) for name, values in columns.items()}
+        existing = sync(_open_arrays(self.group.store_path, list(registry)))
+        for name, values in rows.items():
             if name in registry:
-                arr = self.array(name)
-                if tuple(arr.shape[1:]) != values.shape[1:]:
+                have = tuple(existing[name].shape[1:])
+                if have != values.shape[1:]:
                     raise InputError(
-                        f"column {name!r} has rows of shape {tuple(arr.shape[1:])}; "
+                        f"column {name!r} has rows of shape {have}; "
                         f"cannot append rows of shape {values.shape[1:]}"
                     )
-                if arr.shape[0] != n:
-                    arr.resize((n, *arr.shape[1:]))
-                arr.resize((n + k, *arr.shape[1:]))
-                arr[n : n + k] = values
+            elif len(tuple(dims[name])) != values.ndim:
+                raise InputError(
+                    f"column {name!r}: dims {tuple(dims[name])} do not match {values.ndim}-d rows"
+                )
+        writes: list[tuple[Any, np.ndarray]] = []
+        for name, arr in existing.items():  # a column left out gets its fill value
+            fill = rows.get(name)
+            if fill is None:
+                dtype = np.dtype(arr.dtype)
+                fill = np.full((k, *arr.shape[1:]), _fill_value(dtype), dtype=dtype)
+            writes.append((arr, fill))
+        for name, values in rows.items():
+            if name in registry:
                 continue
             col_dims = tuple(dims[name])
-            if len(col_dims) != values.ndim:
-                raise InputError(
-                    f"column {name!r}: dims {col_dims} do not match {values.ndim}-d rows"
-                )
             chunk = (
                 tuple(chunks[name])
                 if chunks and name in chunks
@@ -348,16 +392,9 @@ class Frame:
             )
             if n:  # earlier rows never had this column: explicit missing values
                 _fill_rows(arr, 0, n)
-            arr[n : n + k] = values
+            writes.append((arr.async_array, values))
             registry[name] = list(col_dims)
-        for name in registry:
-            if name in columns:
-                continue
-            arr = self.array(name)
-            if arr.shape[0] != n:
-                arr.resize((n, *arr.shape[1:]))
-            arr.resize((n + k, *arr.shape[1:]))
-            arr[n : n + k] = np.full((k, *arr.shape[1:]), _fill_value(arr.dtype), dtype=arr.dtype)
+        sync(gather_all(*(_write_rows(arr, values, n) for arr, values in writes)))
         info = {**self._info, "rows": n + k, "columns": registry}
         self.group.attrs.update({FRAME_ATTR: info, **dict(extra_attrs or {})})
         self._info = info
