@@ -134,19 +134,21 @@ def _fill_value(dtype: np.dtype) -> Any:
     return None
 
 
-def _fill_rows(arr: zarr.Array, start: int, stop: int) -> None:
-    """Write the fill value into rows ``[start, stop)`` of ``arr``, chunk by chunk.
+async def _fill_rows(arr: Any, start: int, stop: int) -> None:
+    """Write the fill value into rows ``[start, stop)`` of ``arr`` (an ``AsyncArray``),
+    chunk by chunk.
 
     Every chunk is stored (the frame's arrays write empty chunks), so rows that
     never had a value read as missing (NaN for floats) and a missing chunk still
     means loss. Memory stays at one chunk's worth of rows.
     """
     step = max(1, int(arr.chunks[0]))
-    block = np.full((min(step, stop - start), *arr.shape[1:]), _fill_value(arr.dtype), arr.dtype)
+    dtype = np.dtype(arr.dtype)
+    block = np.full((min(step, stop - start), *arr.shape[1:]), _fill_value(dtype), dtype)
     lo = start
     while lo < stop:
         hi = min(stop, (lo // step + 1) * step)
-        arr[lo:hi] = block[: hi - lo]
+        await arr.setitem(slice(lo, hi), block[: hi - lo])
         lo = hi
 
 
@@ -167,17 +169,111 @@ async def _open_arrays(base: Any, names: Sequence[str]) -> dict[str, Any]:
     return dict(zip(names, await gather_all(*(one(n) for n in names)), strict=True))
 
 
+async def _new_column(
+    base: Any, name: str, spec: Mapping[str, Any], values: np.ndarray, start: int
+) -> None:
+    """Create column ``name`` under ``base`` (a store path) and write its rows from ``start``.
+
+    ``overwrite`` also removes an array left behind by an interrupted append; the
+    ``start`` rows before this append, which never had this column, get explicit
+    missing values.
+    """
+    from zarr.api.asynchronous import create_array
+
+    arr = await create_array(base, name=name, overwrite=True, config=_WRITE_ALL, **spec)
+    if start:
+        await _fill_rows(arr, 0, start)
+    await _write_rows(arr, values, start)
+
+
 async def _write_rows(arr: Any, values: np.ndarray, start: int) -> None:
     """Write ``values`` as rows ``start, start + 1, ...`` of ``arr`` (an ``AsyncArray``).
 
-    The array is first resized to end exactly after them, in one metadata write: that
-    also drops rows an interrupted append left past the committed ones. Its chunks
-    are then written concurrently by zarr.
+    The array is resized to end exactly after them, in one metadata write: that also
+    drops rows an interrupted append left past the committed ones. When the rows
+    fill whole chunks of a layout the fast read understands (every snapshot tensor:
+    one step a chunk), each chunk is encoded here and stored with one store write,
+    all concurrently and beside the resize (:func:`_whole_chunk_writes`); otherwise
+    zarr writes them after the resize.
     """
     stop = start + values.shape[0]
-    if arr.shape[0] != stop:
-        await arr.resize((stop, *arr.shape[1:]))
-    await arr.setitem(slice(start, stop), values)
+    resize = arr.resize((stop, *arr.shape[1:])) if arr.shape[0] != stop else None
+    writes = _whole_chunk_writes(arr, values, start)
+    if writes is None:
+        if resize is not None:
+            await resize
+        await arr.setitem(slice(start, stop), values)
+        return
+    await gather_all(*([resize] if resize is not None else []), *writes)
+
+
+_SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+
+def _blosc_args(codec: Any) -> tuple[bytes, int, int, int, int] | None:
+    """``(cname, clevel, shuffle, blocksize, typesize)`` of a zarr ``BloscCodec``.
+
+    zarr 3.1 holds ``cname`` and ``shuffle`` as enums, zarr 3.4 as strings; ``None``
+    for anything not recognised (the caller then lets zarr encode).
+    """
+    cname = getattr(codec.cname, "value", codec.cname)
+    shuffle = _SHUFFLES.get(getattr(codec.shuffle, "value", codec.shuffle))
+    typesize = getattr(codec, "typesize", None)
+    if not isinstance(cname, str) or shuffle is None or not isinstance(typesize, int):
+        return None
+    return cname.encode(), int(codec.clevel), shuffle, int(codec.blocksize or 0), typesize
+
+
+def _whole_chunk_writes(arr: Any, values: np.ndarray, start: int) -> list[Any] | None:
+    """One coroutine per chunk storing ``values`` as rows from ``start``, or ``None``.
+
+    Only where the rows cover whole chunks along the row axis and the array has the
+    layout the fast read takes (:func:`fast_layout_problem`: bytes, little-endian,
+    optionally Blosc): each chunk is then encoded exactly as zarr would encode it
+    (raw bytes, or one Blosc frame with the array's own Blosc settings) and stored
+    with one ``store.set``, the same single write zarr makes, so the commit protocol
+    is unchanged. Edge chunks along the other axes are padded with the fill value,
+    as zarr stores them. This skips zarr's per-chunk staging copies.
+    """
+    import asyncio
+    import itertools
+
+    from numcodecs import blosc
+    from zarr.core.buffer import default_buffer_prototype
+
+    step = int(arr.chunks[0])
+    k = values.shape[0]
+    if k == 0 or start % step or k % step or fast_layout_problem(arr) is not None:
+        return None
+    codecs = tuple(arr.metadata.codecs)
+    args = _blosc_args(codecs[1]) if len(codecs) == 2 else None
+    if len(codecs) == 2 and args is None:
+        return None
+    dtype = np.dtype(arr.dtype)
+    chunk = tuple(int(c) for c in arr.chunks)
+    store, path = arr.store_path.store, arr.store_path.path
+    proto = default_buffer_prototype()
+    ranges = [range(-(-n // c)) for n, c in zip(values.shape, chunk, strict=True)]
+
+    def encode(block: np.ndarray) -> Any:
+        if block.shape != chunk:  # an edge chunk is stored whole, padded with the fill value
+            full = np.full(chunk, _fill_value(dtype) or 0, dtype=dtype)
+            full[tuple(slice(0, n) for n in block.shape)] = block
+            block = full
+        raw = np.ascontiguousarray(block, dtype=dtype)
+        if args is None:
+            return raw.reshape(-1).view(np.uint8)
+        return blosc.compress(raw, *args)
+
+    async def one(coords: tuple[int, ...]) -> None:
+        sel = tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunk, strict=True))
+        block = values[sel]
+        data = await asyncio.to_thread(encode, block) if args is not None else encode(block)
+        grid = (coords[0] + start // step, *coords[1:])
+        key = arr.metadata.encode_chunk_key(grid)
+        await store.set(f"{path}/{key}" if path else key, proto.buffer.from_bytes(data))
+
+    return [one(c) for c in itertools.product(*ranges)]
 
 
 class Frame:
@@ -331,10 +427,11 @@ class Frame:
     ) -> int:
         """Implementation of :meth:`append` (write_empty_chunks set by the caller).
 
-        Three phases: every shape is checked before anything is written (a refused
-        append leaves the arrays untouched); new columns are created; then the rows
-        of all columns are written concurrently, each column's resize and its ``k``
-        chunks in one go. Only then are the rows committed (one attribute write).
+        Every shape is checked before anything is written (a refused append leaves
+        the arrays untouched). Then all columns are written concurrently: a new
+        column is created and filled, an existing one resized once and its ``k``
+        rows written (chunks concurrently too). Only when every write has finished
+        are the rows committed, in one attribute write.
         """
         from zarr.core.sync import sync
 
@@ -360,13 +457,13 @@ class Frame:
                 raise InputError(
                     f"column {name!r}: dims {tuple(dims[name])} do not match {values.ndim}-d rows"
                 )
-        writes: list[tuple[Any, np.ndarray]] = []
+        jobs = []
         for name, arr in existing.items():  # a column left out gets its fill value
             fill = rows.get(name)
             if fill is None:
                 dtype = np.dtype(arr.dtype)
                 fill = np.full((k, *arr.shape[1:]), _fill_value(dtype), dtype=dtype)
-            writes.append((arr, fill))
+            jobs.append(_write_rows(arr, fill, n))
         for name, values in rows.items():
             if name in registry:
                 continue
@@ -376,25 +473,19 @@ class Frame:
                 if chunks and name in chunks
                 else (default_row_chunk(values.shape[1:], values.dtype.itemsize), *values.shape[1:])
             )
-            # overwrite=True also removes an array left behind by an interrupted append
-            arr = self.group.create_array(
-                name,
-                shape=(n + k, *values.shape[1:]),
-                dtype=values.dtype,
-                chunks=tuple(max(1, c) for c in chunk),
-                dimension_names=col_dims,
-                compressors=(
+            new = {
+                "shape": (n + k, *values.shape[1:]),
+                "dtype": values.dtype,
+                "chunks": tuple(max(1, c) for c in chunk),
+                "dimension_names": col_dims,
+                "compressors": (
                     compressors[name] if compressors and name in compressors else COMPRESSORS
                 ),
-                fill_value=_fill_value(values.dtype),
-                overwrite=True,
-                config=_WRITE_ALL,
-            )
-            if n:  # earlier rows never had this column: explicit missing values
-                _fill_rows(arr, 0, n)
-            writes.append((arr.async_array, values))
+                "fill_value": _fill_value(values.dtype),
+            }
+            jobs.append(_new_column(self.group.store_path, name, new, values, n))
             registry[name] = list(col_dims)
-        sync(gather_all(*(_write_rows(arr, values, n) for arr, values in writes)))
+        sync(gather_all(*jobs))
         info = {**self._info, "rows": n + k, "columns": registry}
         self.group.attrs.update({FRAME_ATTR: info, **dict(extra_attrs or {})})
         self._info = info
