@@ -422,16 +422,10 @@ def check_batch(store: Path, progress: Path) -> Check:
     ``SNAP_STEPS`` made of whole batches (``len(SNAP_STEPS)`` is a multiple of it).
     """
     out = check_snapshot(store, progress)
-    if not out.opened:
+    s, names, failed = _open_readonly(store, progress, Check(), "experiments")
+    if failed is not None:  # no store yet, or one that does not open: check_snapshot said so
         return out
-    import ndt_store
-
-    try:
-        s = ndt_store.open_store(store, mode="r")
-        entries = s.entries()["snap"]["snapshots"] if "snap" in s.experiments() else []
-    except Exception as exc:
-        out.torn.append(f"read failed: {type(exc).__name__}: {exc}")
-        return out
+    entries = s.entries()["snap"]["snapshots"] if "snap" in names else []
     steps = sorted(int(e["step"]) for e in entries)
     if steps != list(SNAP_STEPS[: len(steps)]):
         out.torn.append(f"steps are not a prefix of the intended ones: {steps}")
