@@ -900,9 +900,9 @@ class Store:
     ) -> dict[int, Literal["created", "replaced"]]:
         """:meth:`write_snapshots`; ``caller`` names the public method in error messages."""
         experiment = normalize_name(experiment)
-        steps_list = _snapshot_steps(steps)
+        steps_list = _checked_steps(steps)
         k = len(steps_list)
-        info_list = _snapshot_infos(infos, k)
+        info_list = _checked_infos(infos, k)
         columns: dict[str, np.ndarray] = {D.STEP: np.asarray(steps_list, dtype=np.int64)}
         dims: dict[str, tuple[str, ...]] = {D.STEP: (D.STEP,)}
         chunks: dict[str, tuple[int, ...]] = {}
@@ -1177,7 +1177,7 @@ def _snapshot_frame_name(entry: Mapping[str, Any]) -> str:
     return str(entry.get("snapshot_frame", SNAPSHOTS))
 
 
-def _snapshot_steps(steps: Sequence[int]) -> list[int]:
+def _checked_steps(steps: Sequence[int]) -> list[int]:
     """``steps`` of :meth:`Store.write_snapshots` as ints; refused if empty or repeated."""
     if isinstance(steps, (str, bytes)) or np.ndim(steps) != 1:
         raise InputError(f"steps must be a sequence of training steps; got {steps!r}")
@@ -1190,7 +1190,7 @@ def _snapshot_steps(steps: Sequence[int]) -> list[int]:
     return out
 
 
-def _snapshot_infos(
+def _checked_infos(
     infos: Sequence[Mapping[str, Any]] | None, k: int
 ) -> list[Mapping[str, Any] | None]:
     """Per-step ``infos`` of :meth:`Store.write_snapshots` (``None`` each when not given)."""
