@@ -15,6 +15,7 @@ is stored and a missing chunk always means loss.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -232,15 +233,18 @@ def _blosc_args(codec: Any) -> tuple[bytes, int, int, int, int] | None:
 
 
 def _whole_chunk_writes(arr: Any, values: np.ndarray, start: int) -> list[Any] | None:
-    """One coroutine per chunk storing ``values`` as rows from ``start``, or ``None``.
+    """Coroutines storing ``values`` as rows from ``start``, or ``None`` (zarr must).
 
     Only where the rows cover whole chunks along the row axis and the array has the
     layout the fast read takes (:func:`fast_layout_problem`: bytes, little-endian,
     optionally Blosc): each chunk is then encoded exactly as zarr would encode it
     (raw bytes, or one Blosc frame with the array's own Blosc settings) and stored
-    with one ``store.set``, the same single write zarr makes, so the commit protocol
-    is unchanged. Edge chunks along the other axes are padded with the fill value,
-    as zarr stores them. This skips zarr's per-chunk staging copies.
+    in one write, as zarr stores it: on a local store a temporary file renamed into
+    place (all of the column's chunks in one worker-thread job,
+    :func:`_write_local_chunks`), elsewhere one ``store.set`` per chunk. The commit
+    protocol is unchanged. Edge chunks along the other axes are padded with the fill
+    value, as zarr stores them. This skips zarr's per-chunk staging copies and, on a
+    local store, an event-loop round trip per chunk.
     """
     import asyncio
     import itertools
@@ -272,15 +276,49 @@ def _whole_chunk_writes(arr: Any, values: np.ndarray, start: int) -> list[Any] |
             return raw.reshape(-1).view(np.uint8)
         return blosc.compress(raw, *args)
 
-    async def one(coords: tuple[int, ...]) -> None:
+    def block(coords: tuple[int, ...]) -> tuple[str, np.ndarray]:
         sel = tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunk, strict=True))
-        block = values[sel]
-        data = await asyncio.to_thread(encode, block) if args is not None else encode(block)
-        grid = (coords[0] + start // step, *coords[1:])
-        key = arr.metadata.encode_chunk_key(grid)
+        key = arr.metadata.encode_chunk_key((coords[0] + start // step, *coords[1:]))
+        return key, values[sel]
+
+    blocks = [block(c) for c in itertools.product(*ranges)]
+    root = _local_root(arr)
+    if root is not None:  # a local directory: encode and write every chunk in one job
+        return [asyncio.to_thread(_write_local_chunks, root, blocks, encode)]
+
+    async def one(key: str, rows: np.ndarray) -> None:
+        data = await asyncio.to_thread(encode, rows) if args is not None else encode(rows)
         await store.set(f"{path}/{key}" if path else key, proto.buffer.from_bytes(data))
 
-    return [one(c) for c in itertools.product(*ranges)]
+    return [one(key, rows) for key, rows in blocks]
+
+
+def _write_local_chunks(root: str, blocks: Sequence[tuple[str, np.ndarray]], encode: Any) -> None:
+    """Encode and store chunks of an array kept in the local directory ``root``.
+
+    Each file is written as zarr's local store writes it: a ``*.partial`` temporary
+    file renamed over the chunk's name once whole (a killed writer leaves at worst a
+    temporary file). One call per column and batch: no event-loop round trip per chunk.
+    """
+    import uuid
+
+    made: set[str] = set()
+    for key, rows in blocks:
+        path = os.path.join(root, key)
+        folder = os.path.dirname(path)
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        data = encode(rows)
+        tmp = f"{path}.{uuid.uuid4().hex}.partial"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 class Frame:
