@@ -20,7 +20,7 @@ the medians are compared.
   the timed region); the timed region writes them as ``synth`` and ingest do:
   ``Store.write_experiment`` then ``Store.write_snapshots`` per batch of steps, 4
   experiments at a time from threads. Two stores: the issue's case (``synth``
-  defaults, 50 experiments x 50 steps: ~12 KB files) and 4 experiments of large
+  defaults, 40 experiments x 50 steps: ~12 KB files) and 4 experiments of large
   tensors (2 MiB chunks).
 * **synth** — the whole ``synth_store`` (tensor generation included) on the issue's
   case, against the same raw write.
@@ -143,8 +143,8 @@ def jumps_rows(folder: Path, repeats: int) -> list[dict[str, Any]]:
 SYNTH = {"experiments": 4, "steps": 8, "layers": 2, "heads": 8, "seq": 64, "samples": 16,
          "features": 256, "records": 400}  # fmt: skip
 QUICK_SYNTH = {**SYNTH, "experiments": 2, "steps": 4}
-ISSUE = {"experiments": 50, "steps": 50}
-"""The issue's case ("synth wrote 100 experiments x 50 steps, 48,902 files"), halved:
+ISSUE = {"experiments": 40, "steps": 50}
+"""The issue's case ("synth wrote 100 experiments x 50 steps, 48,902 files") at 40%:
 ``synth`` defaults (3 layers, 4 heads, 16 x 16 attention, 8 samples), ~12 KB files."""
 QUICK_ISSUE = {"experiments": 8, "steps": 20}
 WORKERS = 4
