@@ -18,10 +18,18 @@ the medians are compared.
   small chunks like the issue's (20 experiments x 50 steps at the synth defaults
   but seq 32 and 64 features: 9,220 chunk files of ~49 KB, 448 MB), also timed as
   a whole ``ndt-store verify`` process.
-* **synth** — ``synth_store`` write throughput against a raw write of the same
-  bytes into the same number of files (``np.ndarray.tofile``), MB/s.
+* **write** — the store's write path against a raw write of the same bytes into
+  the same number of files (``np.ndarray.tofile``), MB/s of the files written. The
+  synthetic experiments' tensors are generated first (``synth_experiment``, outside
+  the timed region); the timed region writes them as ``synth`` and ingest do:
+  ``Store.write_experiment`` then ``Store.write_snapshots`` per batch of steps, 4
+  experiments at a time from threads. Two stores: the issue's case (``synth``
+  defaults, 40 experiments x 50 steps: ~12 KB files) and 4 experiments of large
+  tensors (2 MiB chunks).
+* **synth** — the whole ``synth_store`` (tensor generation included) on the issue's
+  case, against the same raw write.
 
-Run ``python benchmarks/bench_user_commands.py [--quick] [--data DIR] [--only io]``;
+Run ``python benchmarks/bench_user_commands.py [--quick] [--data DIR] [--only jumps|io]``;
 writes ``benchmarks/results/user_commands.json``.
 """
 
@@ -141,6 +149,12 @@ SYNTH = {"experiments": 4, "steps": 8, "layers": 2, "heads": 8, "seq": 64, "samp
 QUICK_SYNTH = {**SYNTH, "experiments": 2, "steps": 4}
 MANY_CHUNKS = {"experiments": 20, "steps": 50, "seq": 32, "features": 64}  # synth defaults else
 QUICK_MANY_CHUNKS = {**MANY_CHUNKS, "experiments": 4, "steps": 20}
+ISSUE = {"experiments": 40, "steps": 50}
+"""The issue's case ("synth wrote 100 experiments x 50 steps, 48,902 files") at 40%:
+``synth`` defaults (3 layers, 4 heads, 16 x 16 attention, 8 samples), ~12 KB files."""
+QUICK_ISSUE = {"experiments": 8, "steps": 20}
+WORKERS = 4
+"""Experiments written at once, as ``synth_store`` does by default."""
 
 
 def _chunk_files(store: Path) -> list[Path]:
@@ -163,46 +177,121 @@ def _raw_write(folder: Path, sizes: list[int]) -> None:
         block[:size].tofile(folder / f"{k}")
 
 
-def io_rows(folder: Path, repeats: int, sizes: dict[str, int]) -> list[dict[str, Any]]:
-    from ndt_store.synth import synth_store
+def _pregenerate(sizes: dict[str, int]) -> list[Any]:
+    """``synth_store``'s experiments with every batch of tensors generated (not timed)."""
+    from ndt_store.synth import SynthSpec, synth_experiment
 
-    synth_s, raw_w_s = [], []
-    store = folder / "synth.zarr"
+    spec = SynthSpec(**sizes)
+    out = []
+    for e in range(spec.experiments):
+        exp = synth_experiment(e, spec)
+        exp.batches = list(exp.batches)
+        out.append(exp)
+    return out
+
+
+def _write_pregenerated(location: Path, exps: list[Any]) -> None:
+    """Write ``exps`` as ``synth_store`` does: ``WORKERS`` threads, each its own Store."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ndt_store
+
+    def write(w: int) -> None:
+        store = ndt_store.open_store(location)
+        for exp in exps[w::WORKERS]:
+            store.write_experiment(exp.name, exp.phase1, exp.metadata, overwrite=True)
+            for batch in exp.batches:
+                store.write_snapshots(exp.name, **batch)
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for done in [pool.submit(write, w) for w in range(WORKERS)]:
+            done.result()
+
+
+def _paired_writes(
+    folder: Path, repeats: int, write: Any, label: str
+) -> tuple[list[float], list[float], list[Path]]:
+    """Seconds of ``write(store)`` and of the raw write of its files, alternating."""
+    store = folder / f"{label}.zarr"
+    ours, raw_s = [], []
     for rep in range(repeats):
-        order = ["synth", "raw"] if rep % 2 == 0 else ["raw", "synth"]
-        for side in order:
-            if side == "synth":
+        for side in ["store", "raw"] if rep % 2 == 0 else ["raw", "store"]:
+            if side == "store" or not store.exists():  # the raw side needs the file sizes
                 shutil.rmtree(store, ignore_errors=True)
                 start = time.perf_counter()
-                synth_store(store, **sizes)
-                synth_s.append(time.perf_counter() - start)
-            else:
-                if not store.exists():  # the raw side needs the synth store's file sizes
-                    synth_store(store, **sizes)
-                files = [p for p in store.rglob("*") if p.is_file()]
+                write(store)
+                if side == "store":
+                    ours.append(time.perf_counter() - start)
+            if side == "raw":
+                sizes = [p.stat().st_size for p in store.rglob("*") if p.is_file()]
                 raw = folder / "raw"
                 shutil.rmtree(raw, ignore_errors=True)
                 start = time.perf_counter()
-                _raw_write(raw, [p.stat().st_size for p in files])
-                raw_w_s.append(time.perf_counter() - start)
-    files = [p for p in store.rglob("*") if p.is_file()]
+                _raw_write(raw, sizes)
+                raw_s.append(time.perf_counter() - start)
+    shutil.rmtree(folder / "raw", ignore_errors=True)
+    return ours, raw_s, [p for p in store.rglob("*") if p.is_file()]
+
+
+def _write_row(case: str, ours: list[float], raw: list[float], files: list[Path],
+               extra: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     nbytes = sum(p.stat().st_size for p in files)
-    s, w = statistics.median(synth_s), statistics.median(raw_w_s)
-    return [
-        verify_row(store, 9, f"synth store {sizes['experiments']}x{sizes['steps']}"),
-        {
-            "case": f"synth_store write, {len(files)} files, {nbytes / 1e6:.0f} MB",
-            "ndt_store": nbytes / 1e6 / s,
-            "baseline": nbytes / 1e6 / w,
-            "unit": "MB/s",
-            "higher_is_better": True,
-            "baseline_name": "np.ndarray.tofile of the same bytes into the same number of files",
-            "target": ">= 0.5x the baseline's throughput",
-            "met": w / s >= 0.5,
-            "sizes": sizes,
-            "repeats": repeats,
-        },
-    ]
+    s, w = statistics.median(ours), statistics.median(raw)
+    return {
+        "case": f"{case}, {len(files)} files, {nbytes / 1e6:.0f} MB",
+        "ndt_store": nbytes / 1e6 / s,
+        "baseline": nbytes / 1e6 / w,
+        "unit": "MB/s",
+        "higher_is_better": True,
+        "baseline_name": "np.ndarray.tofile of the same bytes into the same number of files",
+        "target": ">= 0.5x the baseline's throughput",
+        "met": w / s >= 0.5,
+        "seconds": {"ndt_store": ours, "baseline": raw},
+        "repeats": len(ours),
+        **extra,
+    }
+
+
+def write_rows(folder: Path, repeats: int, quick: bool) -> list[dict[str, Any]]:
+    """The store's write path and the whole ``synth_store``, each against a raw write."""
+    from ndt_store.synth import BATCH_BYTES, synth_store
+
+    rows = []
+    issue = QUICK_ISSUE if quick else ISSUE
+    for label, sizes in (("issue", issue), ("large", QUICK_SYNTH if quick else SYNTH)):
+        exps = _pregenerate(sizes)
+        ours, raw, files = _paired_writes(
+            folder, repeats, lambda p, exps=exps: _write_pregenerated(p, exps), f"write-{label}"
+        )
+        what = "issue's case" if label == "issue" else "large tensors"
+        rows.append(_write_row(
+            f"store write path (write_experiment + write_snapshots, tensors generated "
+            f"beforehand, {WORKERS} threads), {what}",
+            ours, raw, files, {"sizes": sizes, "batch_bytes": BATCH_BYTES},
+        ))  # fmt: skip
+        del exps
+    ours, raw, files = _paired_writes(
+        folder, repeats, lambda p: synth_store(p, **issue, workers=WORKERS), "synth-issue"
+    )
+    rows.append(_write_row(
+        f"synth_store (tensor generation included, {WORKERS} threads), issue's case",
+        ours, raw, files, {"sizes": issue},
+    ))  # fmt: skip
+    return rows
+
+
+def io_rows(folder: Path, repeats: int, quick: bool = False) -> list[dict[str, Any]]:
+    """verify on the synth store, the store's write path and ``synth_store``, each against its
+    raw baseline."""
+    from ndt_store.synth import synth_store
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = QUICK_SYNTH if quick else SYNTH
+    store = folder / "verify.zarr"
+    shutil.rmtree(store, ignore_errors=True)
+    synth_store(store, **sizes)
+    rows = [verify_row(store, repeats * 3, f"synth store {sizes['experiments']}x{sizes['steps']}")]
+    return rows + write_rows(folder, repeats, quick)
 
 
 def verify_row(store: Path, repeats: int, label: str, cli: bool = False) -> dict[str, Any]:
@@ -265,7 +354,7 @@ def run(
         if only in (None, "jumps"):
             rows += jumps_rows(root / "n55", repeats)
         if only in (None, "io"):
-            rows += io_rows(Path(tmp) / "io", 2 if quick else 3, QUICK_SYNTH if quick else SYNTH)
+            rows += io_rows(Path(tmp) / "io", 2 if quick else 3, quick)
             rows += many_chunks_rows(
                 root / "many" if data is not None else Path(tmp) / "many",
                 repeats,

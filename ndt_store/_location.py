@@ -14,6 +14,7 @@ import asyncio
 import errno
 import functools
 import os
+import re
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,9 @@ from ndt_store.errors import NdtStoreError, RemoteStoreError, StorageError, requ
 
 _OURS = frozenset({".locks"})
 """Entries ndt_store itself may leave in a store directory before its root metadata."""
+_ROOT_PARTIAL = re.compile(r"zarr\.[0-9a-f]{32}\.partial")
+"""What zarr leaves of the root metadata when a process creating the store is killed
+while writing it (a temporary file renamed into place once whole)."""
 
 #: Seconds allowed to connect to, and between bytes read from, an S3 endpoint.
 S3_TIMEOUT_ENV = "NDT_STORE_S3_TIMEOUT"
@@ -341,7 +345,7 @@ def check_new_location(location: str | os.PathLike[str], names: list[str]) -> No
     NdtStoreError
         Naming the location and what was found there.
     """
-    found = sorted(n for n in names if n not in _OURS)
+    found = sorted(n for n in names if n not in _OURS and not _ROOT_PARTIAL.fullmatch(n))
     if not found:
         return
     v2 = {".zgroup", ".zarray", ".zattrs", ".zmetadata"} & set(found)

@@ -749,6 +749,8 @@ class Store:
     ) -> Literal["created", "unchanged", "replaced"]:
         """Store tensors taken at training ``step`` as one committed unit.
 
+        One step of :meth:`write_snapshots` (which commits several at once).
+
         Parameters
         ----------
         experiment
@@ -769,10 +771,139 @@ class Store:
             Scalars recorded with the snapshot (``loss`` ...), JSON types.
         overwrite
             Replace a snapshot already stored at ``step``.
+
+        Returns
+        -------
+        str
+            ``"created"``, or ``"replaced"`` when a snapshot at ``step`` was replaced.
         """
         step = int(step)
+
+        def one(tensors: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+            return None if tensors is None else {k: np.asarray(v)[None] for k, v in tensors.items()}
+
+        done = self._write_snapshots(
+            experiment,
+            [step],
+            weights=one(weights),
+            activations=one(activations),
+            attention=one(attention),
+            labels=labels,
+            probe_hash=probe_hash,
+            infos=None if info is None else [info],
+            overwrite=overwrite,
+            caller="write_snapshot",
+        )
+        return done[step]
+
+    def write_snapshots(
+        self,
+        experiment: str,
+        steps: Sequence[int],
+        *,
+        weights: Mapping[str, np.ndarray] | None = None,
+        activations: Mapping[str, np.ndarray] | None = None,
+        attention: Mapping[str, np.ndarray] | None = None,
+        labels: np.ndarray | None = None,
+        probe_hash: str | None = None,
+        infos: Sequence[Mapping[str, Any]] | None = None,
+        overwrite: bool = False,
+    ) -> dict[int, Literal["created", "replaced"]]:
+        """Store the tensors of several training steps as **one** committed unit.
+
+        The same as calling :meth:`write_snapshot` once per step, but committed
+        together: one writer lock, one append of ``len(steps)`` rows to every
+        tensor (zarr writes a tensor's chunks, one per step, concurrently) and one
+        update of the experiment's entry listing every step. A reader, or a store
+        left by a killed writer, shows either all of these steps or none of them.
+        Memory: the caller holds every step's tensors at once, so batch by size
+        (:func:`~ndt_store.synth.synth_store` writes batches of at most
+        :data:`~ndt_store.synth.BATCH_BYTES`).
+
+        Parameters
+        ----------
+        experiment
+            An existing experiment.
+        steps
+            Training steps of the snapshots, unique; row ``i`` of every tensor
+            belongs to ``steps[i]``.
+        weights
+            ``{parameter name: array[step, out, in, ...]}``.
+        activations
+            ``{layer: array[step, sample, ...]}`` on the fixed probe batch.
+        attention
+            ``{layer: array[step, sample, head, query, key]}`` probabilities.
+        labels
+            Probe-batch labels (``[sample]``), stored once as the ``label`` coordinate.
+        probe_hash
+            Hash of the probe inputs; all snapshots of an experiment must share it.
+        infos
+            Per step, the scalars recorded with its snapshot (``loss`` ...), JSON types.
+        overwrite
+            Replace snapshots already stored at some of ``steps`` (otherwise an error,
+            and nothing is written).
+
+        Returns
+        -------
+        dict
+            ``{step: "created" | "replaced"}`` for every step, in the order given.
+
+        Raises
+        ------
+        InputError
+            Repeated steps, a tensor whose leading axis is not ``len(steps)`` long,
+            malformed tensors or ``infos``, or a probe hash differing from the stored
+            one; nothing is written.
+        ExperimentExistsError
+            A step already has a snapshot of the same kind and ``overwrite`` is false.
+
+        Examples
+        --------
+        >>> import tempfile, numpy as np, ndt_store
+        >>> store = ndt_store.open_store(tempfile.mkdtemp() + "/s.zarr")
+        >>> store.create_run("run", {"arch_name": "mlp"}, ["fc"])
+        >>> w = np.stack([np.full((2, 3), s, np.float32) for s in (0, 10, 20)])
+        >>> store.write_snapshots("run", [0, 10, 20], weights={"fc.weight": w},
+        ...                       infos=[{"loss": 2.0}, {"loss": 1.5}, {"loss": 1.2}])
+        {0: 'created', 10: 'created', 20: 'created'}
+        >>> store.snapshot_steps("run")
+        [0, 10, 20]
+        >>> float(store.weights("run")["fc.weight"].sel(step=10)[0, 0])
+        10.0
+        """
+        return self._write_snapshots(
+            experiment,
+            steps,
+            weights=weights,
+            activations=activations,
+            attention=attention,
+            labels=labels,
+            probe_hash=probe_hash,
+            infos=infos,
+            overwrite=overwrite,
+            caller="write_snapshots",
+        )
+
+    def _write_snapshots(
+        self,
+        experiment: str,
+        steps: Sequence[int],
+        *,
+        weights: Mapping[str, np.ndarray] | None,
+        activations: Mapping[str, np.ndarray] | None,
+        attention: Mapping[str, np.ndarray] | None,
+        labels: np.ndarray | None,
+        probe_hash: str | None,
+        infos: Sequence[Mapping[str, Any]] | None,
+        overwrite: bool,
+        caller: str,
+    ) -> dict[int, Literal["created", "replaced"]]:
+        """:meth:`write_snapshots`; ``caller`` names the public method in error messages."""
         experiment = normalize_name(experiment)
-        columns: dict[str, np.ndarray] = {D.STEP: np.asarray([step], dtype=np.int64)}
+        steps_list = _checked_steps(steps)
+        k = len(steps_list)
+        info_list = _checked_infos(infos, k)
+        columns: dict[str, np.ndarray] = {D.STEP: np.asarray(steps_list, dtype=np.int64)}
         dims: dict[str, tuple[str, ...]] = {D.STEP: (D.STEP,)}
         chunks: dict[str, tuple[int, ...]] = {}
         kinds: list[str] = []
@@ -789,19 +920,27 @@ class Store:
                 arr = np.asarray(value)
                 if arr.dtype.kind not in "fiub":
                     raise InputError(f"{kind} {name!r}: dtype {arr.dtype} is not numeric")
-                if kind == D.ATTENTION and arr.ndim != 4:
+                if arr.ndim == 0 or arr.shape[0] != k:
+                    got = "no leading axis" if arr.ndim == 0 else f"shape {arr.shape}"
                     raise InputError(
-                        f"attention {name!r} must be [sample, head, query, key]; "
-                        f"got shape {arr.shape}"
+                        f"{kind} {name!r}: needs a leading step axis of length {k} "
+                        f"(one row per step of {steps_list}); got {got}"
+                    )
+                row = arr.shape[1:]
+                if kind == D.ATTENTION and len(row) != 4:
+                    raise InputError(
+                        f"attention {name!r} must be [sample, head, query, key]"
+                        f"{' per step' if caller == 'write_snapshots' else ''}; got shape {row}"
                     )
                 col = f"{kind}/{name}"
-                columns[col] = arr[None]
-                dims[col] = (D.STEP, *dimfn(arr.ndim))
-                chunks[col] = snapshot_chunks(arr.shape, arr.dtype.itemsize)
-            columns[f"present/{kind}"] = np.asarray([True])
+                columns[col] = arr
+                dims[col] = (D.STEP, *dimfn(len(row)))
+                chunks[col] = snapshot_chunks(row, arr.dtype.itemsize)
+            columns[f"present/{kind}"] = np.ones(k, dtype=bool)
             dims[f"present/{kind}"] = (D.STEP,)
         if not kinds:
-            raise InputError("write_snapshot needs weights, activations or attention")
+            raise InputError(f"{caller} needs weights, activations or attention")
+        asked = set(steps_list)
         with self.writer(experiment):
             entry = dict(self._committed(experiment))  # as stored now: merge, never overwrite
             snaps = list(entry.get("snapshots", []))
@@ -814,11 +953,12 @@ class Store:
                         f"experiment {experiment!r}: probe batch hash {probe_hash[:12]} differs "
                         f"from the stored {known[:12]}; activations would not be comparable"
                     )
-            existing = [s for s in snaps if s["step"] == step and set(s["kinds"]) & set(kinds)]
+            existing = [s for s in snaps if s["step"] in asked and set(s["kinds"]) & set(kinds)]
             if existing and not overwrite:
                 raise ExperimentExistsError(
-                    f"experiment {experiment!r} already has a snapshot at step {step} "
-                    f"({', '.join(existing[0]['kinds'])}); pass overwrite=True to replace it"
+                    f"experiment {experiment!r} already has a snapshot at step "
+                    f"{existing[0]['step']} ({', '.join(existing[0]['kinds'])}); "
+                    "pass overwrite=True to replace it"
                 )
             extra: dict[str, Any] = {}
             if probe_hash is not None and (activations or attention):
@@ -836,16 +976,19 @@ class Store:
             rows = frame.append(
                 columns, dims=dims, chunks=chunks, extra_attrs=extra, compressors=codecs
             )
-            snaps = [s for s in snaps if not (s["step"] == step and existing and s in existing)]
+            snaps = [s for s in snaps if s not in existing]
             written = sorted(c for c in columns if c.split("/", 1)[0] in kinds)
-            snaps.append(
-                {"step": step, "row": rows - 1, "kinds": kinds, "columns": written,
-                 **dict(info or {})}
-            )  # fmt: skip
+            first = rows - k
+            for i, (step, info) in enumerate(zip(steps_list, info_list, strict=True)):
+                snaps.append(
+                    {"step": step, "row": first + i, "kinds": kinds, "columns": written,
+                     **dict(info or {})}
+                )  # fmt: skip
             entry["snapshots"] = snaps
             entry["revision"] = uuid.uuid4().hex
             self._set_entry(experiment, entry)
-        return "replaced" if existing else "created"
+        replaced = {int(s["step"]) for s in existing}
+        return {s: "replaced" if s in replaced else "created" for s in steps_list}
 
     def snapshot_steps(self, experiment: str, kind: str | None = None) -> list[int]:
         """Sorted training steps with a committed snapshot (of ``kind`` if given)."""
@@ -1047,6 +1190,37 @@ class Store:
 def _snapshot_frame_name(entry: Mapping[str, Any]) -> str:
     """Name of the snapshot frame group of an experiment entry."""
     return str(entry.get("snapshot_frame", SNAPSHOTS))
+
+
+def _checked_steps(steps: Sequence[int]) -> list[int]:
+    """``steps`` of :meth:`Store.write_snapshots` as ints; refused if empty or repeated."""
+    if isinstance(steps, (str, bytes)) or np.ndim(steps) != 1:
+        raise InputError(f"steps must be a sequence of training steps; got {steps!r}")
+    out = [int(s) for s in steps]
+    if not out:
+        raise InputError("steps is empty: write_snapshots needs at least one step")
+    repeated = sorted({s for s in out if out.count(s) > 1})
+    if repeated:
+        raise InputError(f"steps must be unique; {repeated} given more than once", field="steps")
+    return out
+
+
+def _checked_infos(
+    infos: Sequence[Mapping[str, Any]] | None, k: int
+) -> list[Mapping[str, Any] | None]:
+    """Per-step ``infos`` of :meth:`Store.write_snapshots` (``None`` each when not given)."""
+    if infos is None:
+        return [None] * k
+    if isinstance(infos, Mapping) or len(infos) != k:
+        got = "a mapping" if isinstance(infos, Mapping) else f"{len(infos)} entries"
+        raise InputError(f"infos must hold one mapping per step ({k}); got {got}", field="infos")
+    for i, info in enumerate(infos):
+        if info is not None and not isinstance(info, Mapping):
+            raise InputError(
+                f"infos[{i}] must be a mapping of scalars; got {type(info).__name__}",
+                field="infos",
+            )
+    return list(infos)
 
 
 def _live_groups(entry: Mapping[str, Any], now: float) -> list[dict[str, Any]]:

@@ -9,16 +9,17 @@ singular-value spectrum whose decay steepens over training; weights drift
 smoothly with a planted jump. The planted jumps are recorded in each
 experiment's metadata (``synth``) so tests can check that they are found.
 
-Every snapshot step is one :meth:`~ndt_store.store.Store.write_snapshot` call
-(one chunk per step and array), generated from a few precomputed arrays by
-convex blending, so gigabytes are produced at close to disk speed.
+Snapshot steps are generated from a few precomputed arrays by convex blending,
+in batches of at most :data:`BATCH_BYTES`, and each batch is committed by one
+:meth:`~ndt_store.store.Store.write_snapshots` call (still one chunk per step
+and array), so gigabytes are produced at close to disk speed.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ from ndt_store import _dims as D
 from ndt_store.errors import InputError
 from ndt_store.store import Store, open_store
 
-__all__ = ["SynthSpec", "synth_nbytes", "synth_store"]
+__all__ = ["SynthExperiment", "SynthSpec", "synth_experiment", "synth_nbytes", "synth_store"]
 
 KINDS: tuple[str, ...] = (D.PHASE1, D.ATTENTION, D.ACTIVATIONS, D.WEIGHTS)
 """What :func:`synth_store` can write."""
@@ -38,6 +39,11 @@ KINDS: tuple[str, ...] = (D.PHASE1, D.ATTENTION, D.ACTIVATIONS, D.WEIGHTS)
 _ARCHS = ("mlp", "cnn", "transformer")
 _DATASETS = ("mnist", "fashion_mnist", "qmnist", "ag_news")
 _DRIFT = 0.3
+
+BATCH_BYTES = 64 * 2**20
+"""Largest batch of snapshot steps :func:`synth_store` generates and commits at once
+(uncompressed tensor bytes; a step larger than this is a batch of its own). Bounds
+the memory of each writing thread to about this much."""
 
 
 @dataclass(frozen=True)
@@ -174,13 +180,13 @@ class _AttentionGen:
         # smooth drift towards p1 (a third of the way over the run)
         self.d1 = (self.p1 - self.p0) * np.float32(_DRIFT)
         self.d2 = (self.p1 - self.p2) * np.float32(_DRIFT)
-        self.buf = np.empty(shape, np.float32)
 
-    def at(self, alpha: float, jumped: bool) -> np.ndarray:
+    def at(self, alpha: float, jumped: bool, *, out: np.ndarray) -> np.ndarray:
+        """The attention at ``alpha`` (0..1 through the run), written into ``out``."""
         base, diff = (self.p2, self.d2) if jumped else (self.p0, self.d1)
-        np.multiply(diff, np.float32(alpha), out=self.buf)
-        self.buf += base
-        return self.buf
+        np.multiply(diff, np.float32(alpha), out=out)
+        out += base
+        return out
 
 
 def _orthonormal(rng: np.random.Generator, n: int, r: int) -> np.ndarray:
@@ -288,7 +294,7 @@ def synth_store(
     if int(workers) < 1:
         raise InputError("workers must be at least 1", field="workers", value=workers)
     tensors = [k for k in kinds_t if k != D.PHASE1]
-    bar = _bar(experiments * (steps if tensors else 1), progress)
+    bar = _bar(experiments * (steps if tensors and steps else 1), progress)
     n_threads = min(int(workers), experiments)
 
     stop = threading.Event()  # set on Ctrl-C or a failure: threads stop between experiments
@@ -299,9 +305,15 @@ def synth_store(
         for e in range(w, experiments, n_threads):
             if stop.is_set():
                 return
-            _one_experiment(
-                own, e, spec, tensors, seed, interval, snapshot_every, causal, prefix, bar
-            )
+            synth_experiment(
+                e,
+                spec,
+                seed=seed,
+                interval=interval,
+                snapshot_every=snapshot_every,
+                causal=causal,
+                prefix=prefix,
+            ).write(own, bar)
 
     try:
         if n_threads == 1:
@@ -323,18 +335,52 @@ def synth_store(
     return store
 
 
-def _one_experiment(
-    store: Store,
+@dataclass
+class SynthExperiment:
+    """One synthetic experiment, ready to write (see :func:`synth_experiment`)."""
+
+    name: str
+    phase1: xr.Dataset
+    metadata: dict[str, Any]
+    batches: Iterable[dict[str, Any]]
+    """Keyword arguments of :meth:`~ndt_store.store.Store.write_snapshots`, one batch of
+    steps each (at most :data:`BATCH_BYTES` of tensors), generated as they are iterated."""
+
+    def write(self, store: Store, bar: Any = None) -> None:
+        """Write the experiment to ``store``: its Phase 1 series, then each batch of steps."""
+        store.write_experiment(self.name, self.phase1, self.metadata, overwrite=True)
+        wrote = False
+        for batch in self.batches:
+            store.write_snapshots(self.name, **batch)
+            wrote = True
+            if bar is not None:
+                bar.update(len(batch["steps"]))
+        if not wrote and bar is not None:
+            bar.update(1)
+
+
+def synth_experiment(
     e: int,
     spec: SynthSpec,
-    tensors: list[str],
-    seed: int,
-    interval: int,
-    snapshot_every: int,
-    causal: bool,
-    prefix: str,
-    bar: Any,
-) -> None:
+    *,
+    seed: int = 0,
+    interval: int = 5,
+    snapshot_every: int = 10,
+    causal: bool = False,
+    prefix: str = "synth",
+) -> SynthExperiment:
+    """Experiment number ``e`` of :func:`synth_store` with these arguments, not yet written.
+
+    Its tensors are generated batch by batch while :attr:`SynthExperiment.batches`
+    is iterated (``list(...)`` generates them all, e.g. to time only the writes).
+
+    Examples
+    --------
+    >>> exp = synth_experiment(0, SynthSpec(steps=5, kinds=("phase1", "weights")))
+    >>> exp.name, [b["steps"] for b in exp.batches]
+    ('synth_mlp_0000', [[0, 10, 20, 30, 40]])
+    """
+    tensors = [k for k in spec.kinds if k != D.PHASE1]
     rng = np.random.default_rng([seed, e])
     arch = _ARCHS[e % len(_ARCHS)]
     name = f"{prefix}_{arch}_{e:04d}"
@@ -357,42 +403,65 @@ def _one_experiment(
             "snapshot_jump_step": jump_step * snapshot_every if tensors else None,
         },
     }
-    store.write_experiment(name, ds, metadata, overwrite=True)
-    if not tensors:
-        if bar is not None:
-            bar.update(1)
-        return
+    if not tensors or not spec.steps:
+        return SynthExperiment(name, ds, metadata, [])
     gens = _tensor_generators(rng, spec, tensors, tensor_layers, causal)
-    labels = np.arange(spec.samples) % 10
-    for t in range(spec.steps):
-        alpha = t / max(spec.steps - 1, 1)
-        jumped = t >= jump_step
-        out: dict[str, dict[str, np.ndarray]] = {k: {} for k in tensors}
-        for layer, gen in gens.items():
-            if D.ATTENTION in gen:
-                out[D.ATTENTION][layer] = gen[D.ATTENTION].at(alpha, jumped)
-            if D.ACTIVATIONS in gen:
-                z, v = gen[D.ACTIVATIONS]
+
+    def batches() -> Iterator[dict[str, Any]]:
+        labels = np.arange(spec.samples) % 10
+        per_batch = max(1, BATCH_BYTES // max(1, spec.snapshot_nbytes()))
+        for first in range(0, spec.steps, per_batch):
+            batch = range(first, min(spec.steps, first + per_batch))
+            out = _tensor_batch(gens, tensors, batch, spec.steps, jump_step)
+            alphas = [t / max(spec.steps - 1, 1) for t in batch]
+            yield {
+                "steps": [t * snapshot_every for t in batch],
+                "weights": out.get(D.WEIGHTS) or None,
+                "activations": out.get(D.ACTIVATIONS) or None,
+                "attention": out.get(D.ATTENTION) or None,
+                "labels": labels if (D.ACTIVATIONS in tensors or D.ATTENTION in tensors) else None,
+                "probe_hash": f"synth-{seed}",
+                "infos": [{D.LOSS: float(2.3 * np.exp(-3 * a) + 0.05)} for a in alphas],
+                "overwrite": True,
+            }
+
+    return SynthExperiment(name, ds, metadata, batches())
+
+
+def _tensor_batch(
+    gens: dict[str, dict[str, Any]],
+    tensors: list[str],
+    batch: Sequence[int],
+    steps: int,
+    jump_step: int,
+) -> dict[str, dict[str, np.ndarray]]:
+    """The tensors of snapshot steps ``batch``, each stacked along a leading step axis."""
+    out: dict[str, dict[str, np.ndarray]] = {k: {} for k in tensors}
+    k = len(batch)
+    for layer, gen in gens.items():
+        att = act = wgt = None
+        if D.ATTENTION in gen:
+            att = np.empty((k, *gen[D.ATTENTION].p0.shape), np.float32)
+            out[D.ATTENTION][layer] = att
+        if D.ACTIVATIONS in gen:
+            z, v = gen[D.ACTIVATIONS]
+            act = np.empty((k, z.shape[0], v.shape[0]), np.float32)
+            out[D.ACTIVATIONS][layer] = act
+        if D.WEIGHTS in gen:
+            wgt = np.empty((k, *gen[D.WEIGHTS][0].shape), np.float32)
+            out[D.WEIGHTS][f"{layer}.weight"] = wgt
+        for i, t in enumerate(batch):
+            alpha = t / max(steps - 1, 1)
+            jumped = t >= jump_step
+            if att is not None:
+                gen[D.ATTENTION].at(alpha, jumped, out=att[i])
+            if act is not None:
                 decay = np.arange(1, z.shape[1] + 1, dtype=np.float32) ** -(0.5 + alpha)
-                out[D.ACTIVATIONS][layer] = (z * decay) @ v.T
-            if D.WEIGHTS in gen:
+                act[i] = (z * decay) @ v.T
+            if wgt is not None:
                 w0, dw, jw = gen[D.WEIGHTS]
-                out[D.WEIGHTS][f"{layer}.weight"] = (
-                    w0 + np.float32(alpha) * dw + (jw if jumped else 0.0)
-                )
-        store.write_snapshot(
-            name,
-            t * snapshot_every,
-            weights=out.get(D.WEIGHTS) or None,
-            activations=out.get(D.ACTIVATIONS) or None,
-            attention=out.get(D.ATTENTION) or None,
-            labels=labels if (D.ACTIVATIONS in tensors or D.ATTENTION in tensors) else None,
-            probe_hash=f"synth-{seed}",
-            info={D.LOSS: float(2.3 * np.exp(-3 * alpha) + 0.05)},
-            overwrite=True,
-        )
-        if bar is not None:
-            bar.update(1)
+                wgt[i] = w0 + np.float32(alpha) * dw + (jw if jumped else 0.0)
+    return out
 
 
 def _tensor_generators(

@@ -41,7 +41,7 @@ def test_damaged_raw_chunk_is_reported(tmp_path: Path, damage: str) -> None:
     store = ndt_store.open_store(path)
     store.create_run("r", {}, [])
     store.write_snapshot("r", 0, attention={"dense": _attention(False)})
-    chunk = path / "experiments/r/snapshots/attention/dense/c/0/0/0/0/0"
+    chunk = path / "experiments/r/snapshots/attention/dense/c.0.0.0.0.0"
     if damage == "deleted":
         chunk.unlink()
     else:

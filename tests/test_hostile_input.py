@@ -334,10 +334,10 @@ def test_verify_store_finds_each_corruption(case: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
 def test_corrupt_snapshot_chunk_is_found(damage: str, tmp_path: Path) -> None:
     path, _, _ = _corrupt_store(tmp_path)
-    chunk = path / "experiments/toy/snapshots/weights/w/c/0/0/0"
+    chunk = path / "experiments/toy/snapshots/weights/w/c.0.0.0"
     chunk.unlink() if damage == "deleted" else _truncate(chunk, 0.2)
     report = verify_store(ndt_store.open_store(path, mode="r"), strict=True)
-    assert any("weights/w/c/0/0/0" in p.path for p in report.errors), report.format()
+    assert any("weights/w/c.0.0.0" in p.path for p in report.errors), report.format()
     lazy = ndt_store.open_store(path, mode="r").weights("toy")["w"]  # building stays lazy
     with pytest.raises(NdtStoreError, match="weights/w"):
         lazy.values  # noqa: B018
@@ -346,7 +346,7 @@ def test_corrupt_snapshot_chunk_is_found(damage: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
 def test_corrupt_snapshot_read_raises_corrupt_store_error(damage: str, tmp_path: Path) -> None:
     path, _, _ = _corrupt_store(tmp_path)
-    chunk = path / "experiments/toy/snapshots/weights/w/c/0/0/0"
+    chunk = path / "experiments/toy/snapshots/weights/w/c.0.0.0"
     chunk.unlink() if damage == "deleted" else _truncate(chunk, 0.2)
     with pytest.raises(CorruptStoreError, match="weights/w"):
         ndt_store.open_store(path, mode="r").weights("toy")["w"].values  # noqa: B018

@@ -4,9 +4,10 @@ Two complementary attacks:
 
 1. **SIGKILL at random instants** (``test_sigkill_*``): a forked child runs the
    real operation (``ndt-store ingest phase1`` of several files, a loop of
-   ``write_snapshot``, a loop of ``append_phase1``) and is SIGKILLed after a
-   random delay; the store must open, every committed unit must equal what was
-   intended, nothing partial may be visible, and rerunning finishes the job.
+   ``write_snapshot``, a loop of ``write_snapshots`` batches, a loop of
+   ``append_phase1``) and is SIGKILLed after a random delay; the store must
+   open, every committed unit must equal what was intended, nothing partial may
+   be visible, and rerunning finishes the job.
 2. **Crash at every write boundary** (``test_crash_point_*``): on a local store
    every file write is a tmp-file + rename, so a kill is equivalent to stopping
    between two file operations. The operation is run once to count its file
@@ -70,7 +71,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return src
 
 
-@pytest.mark.parametrize("op", ["ingest", "snapshot", "record"])
+@pytest.mark.parametrize("op", ["ingest", "snapshot", "batch", "record"])
 def test_sigkill_at_random_instants(op: str, zygote: Any, source: Path, tmp_path: Path) -> None:
     rng = random.Random(hash(op) % 1000)
     cal_store, cal_prog = tmp_path / "cal.zarr", tmp_path / "cal.txt"
@@ -304,6 +305,51 @@ def test_crash_point_write_snapshot(tmp_path: Path) -> None:
         lambda p: _snap_check(p, complete=True),
         tmp_path,
     )
+
+
+BATCH_STEPS = [10, 20, 30]
+
+
+def _batch_op(path: Path) -> None:
+    s = ndt_store.open_store(path)
+    if 10 in s.snapshot_steps("snap"):
+        return
+    s.write_snapshots(
+        "snap", BATCH_STEPS, labels=C.PROBE_LABELS, probe_hash="p", **C.snapshot_batch(BATCH_STEPS)
+    )
+
+
+def _batch_check(path: Path, *, complete: bool) -> None:
+    """Step 0 and either all the batch's steps or none of them, each value as written."""
+    s = ndt_store.open_store(path, mode="r")
+    steps = s.snapshot_steps("snap")
+    assert steps in ([0], [0, *BATCH_STEPS]) and (not complete or steps != [0]), steps
+    for kind, reader in (
+        ("weights", s.weights),
+        ("activations", s.activations),
+        ("attention", s.attention),
+    ):
+        got = reader("snap")
+        assert sorted(got) == sorted(C.snapshot_tensors(0)[kind])
+        for name, arr in got.items():
+            assert arr.step.values.tolist() == steps
+            for i, st in enumerate(steps):
+                np.testing.assert_array_equal(arr.values[i], C.snapshot_tensors(st)[kind][name])
+    losses = {e["step"]: e.get("loss") for e in s.entries()["snap"]["snapshots"]}
+    assert all(losses[st] == st / 7 for st in BATCH_STEPS if st in steps), losses
+
+
+def test_crash_point_write_snapshots_batch(tmp_path: Path) -> None:
+    """An interrupted ``write_snapshots`` leaves all of its steps or none of them."""
+    total = _every_crash_point(
+        _snap_setup,
+        _batch_op,
+        lambda p: _batch_check(p, complete=False),
+        lambda p: _batch_check(p, complete=True),
+        tmp_path,
+        max_points=40,
+    )
+    assert total >= 3 * 5  # a chunk per step for each of the 5 tensors, at least
 
 
 def _rec_setup(path: Path) -> None:

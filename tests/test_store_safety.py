@@ -196,6 +196,23 @@ def test_non_empty_location_is_never_written(tmp_path: Path, mode: str) -> None:
     assert tree_snapshot(target) == {"readme.txt": b"mine"}
 
 
+def test_creation_killed_while_writing_the_root_is_finished(tmp_path: Path) -> None:
+    """A process killed while zarr wrote the root metadata leaves only its temporary file
+    (``zarr.<hex>.partial``): the next ``open_store`` creates the store there. Seen by
+    ``test_sigkill_at_random_instants`` (a kill at the first instant of a run)."""
+    target = tmp_path / "s.zarr"
+    target.mkdir()
+    (target / "zarr.0123456789abcdef0123456789abcdef.partial").write_bytes(b'{"zarr_for')
+    store = ndt_store.open_store(target)
+    store.create_run("e", {}, [])
+    assert ndt_store.open_store(target, mode="r").experiments() == ["e"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "zarr.json.partial").write_text("not zarr's")  # not zarr's temporary name
+    with pytest.raises(NdtStoreError, match="not empty"):
+        ndt_store.open_store(other)
+
+
 def test_mode_w_refuses_a_plain_zarr_v3_group(tmp_path: Path) -> None:
     target = tmp_path / "plain3.zarr"
     xr.Dataset({"v": ("t", np.arange(3.0))}).to_zarr(target, zarr_format=3, consolidated=False)

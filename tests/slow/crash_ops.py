@@ -38,6 +38,8 @@ N_FILES = 4
 N_RECORDS = 150
 LAYERS = ("fc1", "fc2", "fc3")
 SNAP_STEPS = tuple(range(0, 120, 10))
+SNAP_BATCH = 4
+"""Steps per ``write_snapshots`` call of the batch operation."""
 RECORD_STEPS = tuple(range(0, 400, 5))
 RECORD_BATCH = 4
 TABLE_VERSIONS = 3
@@ -184,6 +186,32 @@ def op_snapshot(store: str, progress: str) -> None:
         _progress(progress, str(step))
 
 
+def snapshot_batch(steps: list[int]) -> dict[str, Any]:
+    """Keyword arguments of the ``write_snapshots`` call that writes ``steps``."""
+    per_step = [snapshot_tensors(st) for st in steps]
+    return {
+        kind: {name: np.stack([t[kind][name] for t in per_step]) for name in per_step[0][kind]}
+        for kind in ("weights", "activations", "attention")
+    } | {"infos": [{"loss": float(st) / 7} for st in steps]}
+
+
+def op_batch(store: str, progress: str) -> None:
+    """Create a run and write its snapshots ``SNAP_BATCH`` steps per call (resuming)."""
+    import ndt_store
+
+    s = ndt_store.open_store(store)
+    s.create_run("snap", {"arch_name": "toy", "dataset": "probe"}, list(LAYERS))
+    done = set(s.snapshot_steps("snap"))
+    todo = [step for step in SNAP_STEPS if step not in done]
+    for start in range(0, len(todo), SNAP_BATCH):
+        steps = todo[start : start + SNAP_BATCH]
+        s.write_snapshots(
+            "snap", steps, labels=PROBE_LABELS, probe_hash="probe-v1", **snapshot_batch(steps)
+        )
+        for step in steps:
+            _progress(progress, str(step))
+
+
 def op_record(store: str, progress: str) -> None:
     """Create a run and append Phase 1 rows a few steps at a time (resuming)."""
     import ndt_store
@@ -215,7 +243,13 @@ def op_table(store: str, progress: str) -> None:
         _progress(progress, str(v))
 
 
-OPS = {"ingest": op_ingest, "snapshot": op_snapshot, "record": op_record, "table": op_table}
+OPS = {
+    "ingest": op_ingest,
+    "snapshot": op_snapshot,
+    "batch": op_batch,
+    "record": op_record,
+    "table": op_table,
+}
 
 
 # ------------------------------------------------------------------------ checks
@@ -380,6 +414,28 @@ def check_snapshot(store: Path, progress: Path) -> Check:
     return out
 
 
+def check_batch(store: Path, progress: Path) -> Check:
+    """As :func:`check_snapshot`, and the visible steps are whole batches, in order.
+
+    Each call writes the next ``SNAP_BATCH`` missing steps and commits them as one
+    unit, so a store killed at any instant (resumed runs included) shows a prefix of
+    ``SNAP_STEPS`` made of whole batches (``len(SNAP_STEPS)`` is a multiple of it).
+    """
+    out = check_snapshot(store, progress)
+    s, names, failed = _open_readonly(store, progress, Check(), "experiments")
+    if failed is not None:  # no store yet, or one that does not open: check_snapshot said so
+        return out
+    entries = s.entries()["snap"]["snapshots"] if "snap" in names else []
+    steps = sorted(int(e["step"]) for e in entries)
+    if steps != list(SNAP_STEPS[: len(steps)]):
+        out.torn.append(f"steps are not a prefix of the intended ones: {steps}")
+    if len(steps) % SNAP_BATCH:
+        out.torn.append(f"{len(steps)} steps is not a whole number of batches: {steps}")
+    if any(e.get("loss") != float(e["step"]) / 7 for e in entries):
+        out.torn.append("a recorded loss differs")
+    return out
+
+
 def check_record(store: Path, progress: Path) -> Check:
     """The visible rows are a prefix of the intended series, value for value."""
     from ndt_store import _dims as D
@@ -452,9 +508,13 @@ def check(op: str, store: Path, progress: Path, src: Path | None = None) -> Chec
     if op == "ingest":
         assert src is not None
         return check_ingest(store, progress, src)
-    return {"snapshot": check_snapshot, "record": check_record, "table": check_table}[op](
-        store, progress
-    )
+    checks = {
+        "snapshot": check_snapshot,
+        "batch": check_batch,
+        "record": check_record,
+        "table": check_table,
+    }
+    return checks[op](store, progress)
 
 
 def op_args(op: str, store: Path, progress: Path, src: Path | None) -> list[str]:

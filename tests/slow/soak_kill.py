@@ -43,7 +43,7 @@ def soak(
     kills: int = 200,
     *,
     seed: int = 0,
-    ops: tuple[str, ...] = ("ingest", "snapshot", "record", "table"),
+    ops: tuple[str, ...] = ("ingest", "snapshot", "batch", "record", "table"),
     per_episode: int = 3,
     workdir: Path | None = None,
     verbose: bool = True,
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-episode", type=int, default=3)
-    parser.add_argument("--ops", default="ingest,snapshot,record,table")
+    parser.add_argument("--ops", default="ingest,snapshot,batch,record,table")
     parser.add_argument(
         "--precreate",
         action="store_true",
