@@ -90,7 +90,12 @@ class ArraySpec:
             codec = "raw" if _uncompressed(arr) else "blosc"
         names = getattr(arr.metadata, "dimension_names", None)
         ndim = len(arr.shape)
-        nested = ndim and arr.metadata.encode_chunk_key((0,) * ndim) == "c/" + "/".join("0" * ndim)
+        first = str(arr.metadata.encode_chunk_key((0,) * ndim)) if ndim else ""
+        prefix, sep = next(
+            ((p, s) for p, s in (("c/", "/"), ("c.", "."), ("", "."), ("", "/"))
+             if ndim and first == p + s.join("0" * ndim)),
+            ("", ""),
+        )  # fmt: skip
         return cls(
             path=arr.path,
             shape=tuple(arr.shape),
@@ -99,8 +104,8 @@ class ArraySpec:
             codec=codec,
             fill_value=arr.metadata.fill_value,
             dimension_names=None if names is None else tuple(names),
-            key_prefix="c/" if nested else "",
-            separator="/" if nested else "",
+            key_prefix=prefix,
+            separator=sep,
             arr=arr,
         )
 

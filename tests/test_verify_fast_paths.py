@@ -123,6 +123,12 @@ def test_other_documents_are_left_to_zarr(change: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------ chunk damage
+def _array_of(key: str) -> str:
+    """The array directory of a chunk key (``.../c/0`` nested or ``.../c.0.0`` flat)."""
+    head, _, tail = key.rpartition("/")
+    return key.split("/c/")[0] if "/c/" in key else head if tail.startswith("c.") else key
+
+
 def _truncate(p: Path) -> None:
     p.write_bytes(p.read_bytes()[:-7])
 
@@ -138,13 +144,13 @@ def _scramble_body(p: Path) -> None:
 
 
 DAMAGE = {
-    "raw truncated": (f"{SNAP}/attention/dense/c/1/0/0/0/0", "raw", _truncate),
-    "raw too long": (f"{SNAP}/attention/dense/c/1/0/0/0/0", "raw", _extend),
-    "raw deleted": (f"{SNAP}/attention/dense/c/1/0/0/0/0", "raw", Path.unlink),
-    "blosc truncated": (f"{SNAP}/weights/w/c/2/0/0", "blosc", _truncate),
-    "blosc too long": (f"{SNAP}/weights/w/c/2/0/0", "blosc", _extend),
-    "blosc body garbled": (f"{SNAP}/weights/w/c/2/0/0", "blosc", _scramble_body),
-    "blosc deleted": (f"{SNAP}/weights/w/c/2/0/0", "blosc", Path.unlink),
+    "raw truncated": (f"{SNAP}/attention/dense/c.1.0.0.0.0", "raw", _truncate),
+    "raw too long": (f"{SNAP}/attention/dense/c.1.0.0.0.0", "raw", _extend),
+    "raw deleted": (f"{SNAP}/attention/dense/c.1.0.0.0.0", "raw", Path.unlink),
+    "blosc truncated": (f"{SNAP}/weights/w/c.2.0.0", "blosc", _truncate),
+    "blosc too long": (f"{SNAP}/weights/w/c.2.0.0", "blosc", _extend),
+    "blosc body garbled": (f"{SNAP}/weights/w/c.2.0.0", "blosc", _scramble_body),
+    "blosc deleted": (f"{SNAP}/weights/w/c.2.0.0", "blosc", Path.unlink),
     "string garbage": ("experiments/r/phase1-*/layer/c/0", "vlen-utf8", _scramble_body),
 }
 
@@ -158,7 +164,7 @@ def test_each_damaged_chunk_is_reported(tmp_path: Path, case: str, workers: int)
     assert _verify(path, strict=True).problems == []
     assert (
         ArraySpec.from_document(
-            key.split("/c/")[0], json.loads((path / key.split("/c/")[0] / "zarr.json").read_text())
+            _array_of(key), json.loads((path / _array_of(key) / "zarr.json").read_text())
         ).codec
         == codec
     )  # type: ignore[union-attr]
@@ -170,19 +176,19 @@ def test_each_damaged_chunk_is_reported(tmp_path: Path, case: str, workers: int)
 
 def test_the_report_words_each_damage(tmp_path: Path) -> None:
     path = _store(tmp_path)
-    chunk = path / f"{SNAP}/attention/dense/c/1/0/0/0/0"
+    chunk = path / f"{SNAP}/attention/dense/c.1.0.0.0.0"
     size = chunk.stat().st_size
     _extend(chunk)
     (msg,) = [p.message for p in _verify(path).errors]
     assert msg == f"chunk is damaged ({size + 9} bytes stored, {size} expected)"
-    blosc = path / f"{SNAP}/weights/w/c/2/0/0"
+    blosc = path / f"{SNAP}/weights/w/c.2.0.0"
     _scramble_body(blosc)
-    _truncate(path / f"{SNAP}/weights/w/c/1/0/0")
-    messages = {p.path.split("/c/")[1]: p.message for p in _verify(path).errors}
-    assert messages["2/0/0"].startswith("chunk does not decode (")
-    assert messages["1/0/0"].startswith("chunk is damaged (Blosc frame of ")
-    (path / f"{SNAP}/weights/w/c/0/0/0").unlink()
-    absent = [p.message for p in _verify(path).errors if p.path.endswith("w/c/0/0/0")]
+    _truncate(path / f"{SNAP}/weights/w/c.1.0.0")
+    messages = {p.path.rsplit("/", 1)[1]: p.message for p in _verify(path).errors}
+    assert messages["c.2.0.0"].startswith("chunk does not decode (")
+    assert messages["c.1.0.0"].startswith("chunk is damaged (Blosc frame of ")
+    (path / f"{SNAP}/weights/w/c.0.0.0").unlink()
+    absent = [p.message for p in _verify(path).errors if p.path.endswith("w/c.0.0.0")]
     assert absent == [
         "chunk absent: reads as the fill value np.float32(nan) (never written, or lost)"
     ]
@@ -234,9 +240,9 @@ def test_rows_split_over_several_chunks(tmp_path: Path, monkeypatch: pytest.Monk
     chunks = json.loads((path / SNAP / "attention/x/zarr.json").read_text())["chunk_grid"]
     assert chunks["configuration"]["chunk_shape"] == [1, 1, 1, 16, 16]
     assert _nan_warnings(path) == [f"{SNAP}/attention/x row 2"]
-    (path / SNAP / "attention/x/c/2/0/0/0/0").unlink()  # a lost chunk of the all-NaN row
+    (path / SNAP / "attention/x/c.2.0.0.0.0").unlink()  # a lost chunk of the all-NaN row
     report = _verify(path)
-    assert _paths(report, "error") == [f"{SNAP}/attention/x/c/2/0/0/0/0"]
+    assert _paths(report, "error") == [f"{SNAP}/attention/x/c.2.0.0.0.0"]
     assert f"{SNAP}/attention/x row 2" in _paths(report, "warning")  # still read as NaN
 
 
@@ -253,9 +259,9 @@ def _partial(path: Path, where: str) -> str:
     [
         ("experiments/r/zarr.0123.partial", True),  # metadata write
         (f"{SNAP}/weights/w/zarr.0123.partial", True),
-        (f"{SNAP}/weights/w/c/3/0/0.0123.partial", True),  # an append past the committed rows
+        (f"{SNAP}/weights/w/c.3.0.0.0123.partial", True),  # an append past the committed rows
         ("experiments/new/snapshots/c/0.0123.partial", True),  # an experiment never committed
-        (f"{SNAP}/weights/w/c/1/0/0.0123.partial", False),  # an overwrite of a committed row
+        (f"{SNAP}/weights/w/c.1.0.0.0123.partial", True),  # flat keys: in the array's directory
     ],
 )
 def test_leftovers_of_interrupted_writes(tmp_path: Path, where: str, default: bool) -> None:
