@@ -87,9 +87,13 @@ def _watchdog(budget_mb: float) -> dict[str, float]:
 
 
 def _chunk_files(store_path: Path) -> list[Path]:
+    """Every chunk file of the attention arrays, in step order (flat ``c.<step>...`` keys, or
+    nested ``c/<step>/...`` in stores written before flat keys)."""
     files = []
     for arr in sorted(store_path.glob("experiments/*/snapshots/attention/*")):
         files += sorted(p for p in (arr / "c").rglob("*") if p.is_file())
+        flat = [p for p in arr.glob("c.*") if p.is_file()]
+        files += sorted(flat, key=lambda p: tuple(int(x) for x in p.name.split(".")[1:]))
     return files
 
 

@@ -158,7 +158,10 @@ WORKERS = 4
 
 
 def _chunk_files(store: Path) -> list[Path]:
-    return sorted(p for p in store.rglob("*") if p.is_file() and "/c/" in p.as_posix())
+    return sorted(
+        p for p in store.rglob("*")
+        if p.is_file() and ("/c/" in p.as_posix() or p.name.startswith("c."))
+    )  # fmt: skip
 
 
 def _raw_read(files: list[Path]) -> int:
