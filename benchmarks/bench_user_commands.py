@@ -157,6 +157,20 @@ WORKERS = 4
 """Experiments written at once, as ``synth_store`` does by default."""
 
 
+def _throughput(case: str, nbytes: int, ours: float, base: float, name: str) -> dict[str, Any]:
+    """A row comparing MB/s of ``nbytes`` moved in ``ours`` and ``base`` seconds (target 0.5x)."""
+    return {
+        "case": case,
+        "ndt_store": nbytes / 1e6 / ours,
+        "baseline": nbytes / 1e6 / base,
+        "unit": "MB/s",
+        "higher_is_better": True,
+        "baseline_name": name,
+        "target": ">= 0.5x the baseline's throughput",
+        "met": base / ours >= 0.5,
+    }
+
+
 def _chunk_files(store: Path) -> list[Path]:
     return sorted(
         p for p in store.rglob("*")
@@ -241,14 +255,13 @@ def _write_row(case: str, ours: list[float], raw: list[float], files: list[Path]
     nbytes = sum(p.stat().st_size for p in files)
     s, w = statistics.median(ours), statistics.median(raw)
     return {
-        "case": f"{case}, {len(files)} files, {nbytes / 1e6:.0f} MB",
-        "ndt_store": nbytes / 1e6 / s,
-        "baseline": nbytes / 1e6 / w,
-        "unit": "MB/s",
-        "higher_is_better": True,
-        "baseline_name": "np.ndarray.tofile of the same bytes into the same number of files",
-        "target": ">= 0.5x the baseline's throughput",
-        "met": w / s >= 0.5,
+        **_throughput(
+            f"{case}, {len(files)} files, {nbytes / 1e6:.0f} MB",
+            nbytes,
+            s,
+            w,
+            "np.ndarray.tofile of the same bytes into the same number of files",
+        ),
         "seconds": {"ndt_store": ours, "baseline": raw},
         "repeats": len(ours),
         **extra,
@@ -316,15 +329,13 @@ def verify_row(store: Path, repeats: int, label: str, cli: bool = False) -> dict
                 read_s.append(time.perf_counter() - start)
     v, r = statistics.median(verify_s), statistics.median(read_s)
     row: dict[str, Any] = {
-        "case": f"verify_store, {label}: {len(chunks)} chunk files, "
-        f"{chunk_bytes / 1e6:.0f} MB (warm)",
-        "ndt_store": chunk_bytes / 1e6 / v,
-        "baseline": chunk_bytes / 1e6 / r,
-        "unit": "MB/s",
-        "higher_is_better": True,
-        "baseline_name": "open + read of the same chunk files, one thread",
-        "target": ">= 0.5x the baseline's throughput",
-        "met": r / v >= 0.5,
+        **_throughput(
+            f"verify_store, {label}: {len(chunks)} chunk files, {chunk_bytes / 1e6:.0f} MB (warm)",
+            chunk_bytes,
+            v,
+            r,
+            "open + read of the same chunk files, one thread",
+        ),
         "ratio": r / v,
         "verify_s": v,
         "raw_read_s": r,
