@@ -263,15 +263,8 @@ def _parse(path: str, doc: Any) -> ArraySpec | None:
         return None
     shape = _ints(doc["shape"], 0)
     grid = doc["chunk_grid"]
-    if (
-        not isinstance(grid, dict)
-        or grid.get("name") != "regular"
-        or set(grid)
-        != {
-            "name",
-            "configuration",
-        }
-    ):
+    regular = isinstance(grid, dict) and grid.get("name") == "regular"
+    if not regular or set(grid) != {"name", "configuration"}:
         return None
     if not isinstance(grid["configuration"], dict) or set(grid["configuration"]) != {"chunk_shape"}:
         return None

@@ -20,7 +20,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ndt_store import _dims as D
-from ndt_store._frame import gather_all, read_frame_arrays
+from ndt_store._frame import FRAME_ATTR, gather_all, read_frame_arrays
 from ndt_store.errors import CorruptStoreError
 
 EXP_ATTR = "ndt_experiment"
@@ -141,13 +141,6 @@ def read_phase1_arrays(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Read ``fields`` of many experiments' Phase 1 frames concurrently (not cached)."""
     import asyncio
-    import json
-
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    from ndt_store._frame import FRAME_ATTR
-    from ndt_store.errors import CorruptStoreError
 
     entries = store.entries()
     base = store.zarr_group.store_path

@@ -160,21 +160,30 @@ async def _fill_rows(arr: Any, start: int, stop: int) -> None:
         lo = hi
 
 
-async def _open_arrays(base: Any, names: Sequence[str]) -> dict[str, Any]:
-    """Open the arrays ``names`` under ``base`` (a store path) concurrently, as ``AsyncArray``."""
+async def _open_array(base: Any, name: str) -> Any:
+    """The listed array ``name`` under ``base`` (a store path) as an ``AsyncArray``.
+
+    Raises
+    ------
+    CorruptStoreError
+        The array is missing or its metadata cannot be read (truncated JSON, bad fields).
+    """
     from zarr.core.array import AsyncArray
 
-    async def one(name: str) -> Any:
-        try:
-            return await AsyncArray.open(base / name)
-        except (FileNotFoundError, KeyError):
-            raise CorruptStoreError(f"{base}: array {name!r} is listed but missing") from None
-        except Exception as exc:  # unreadable metadata (truncated JSON, bad fields)
-            raise CorruptStoreError(
-                f"{base}/{name}: unreadable array metadata ({type(exc).__name__}: {exc})"
-            ) from None
+    try:
+        return await AsyncArray.open(base / name)
+    except (FileNotFoundError, KeyError):
+        raise CorruptStoreError(f"{base}: array {name!r} is listed but missing") from None
+    except Exception as exc:
+        raise CorruptStoreError(
+            f"{base}/{name}: unreadable array metadata ({type(exc).__name__}: {exc})"
+        ) from None
 
-    return dict(zip(names, await gather_all(*(one(n) for n in names)), strict=True))
+
+async def _open_arrays(base: Any, names: Sequence[str]) -> dict[str, Any]:
+    """Open the arrays ``names`` under ``base`` (a store path) concurrently, as ``AsyncArray``."""
+    arrays = await gather_all(*(_open_array(base, n) for n in names))
+    return dict(zip(names, arrays, strict=True))
 
 
 async def _new_column(
@@ -1139,17 +1148,9 @@ async def read_frame_arrays(
     Along-row arrays are sliced to ``rows``, ``static`` ones read whole; every chunk
     is checked, so damage raises :class:`CorruptStoreError` naming the array.
     """
-    from zarr.core.array import AsyncArray
 
     async def one(name: str) -> np.ndarray:
-        try:
-            arr = await AsyncArray.open(base / name)
-        except (FileNotFoundError, KeyError):
-            raise CorruptStoreError(f"{base}: array {name!r} is listed but missing") from None
-        except Exception as exc:
-            raise CorruptStoreError(
-                f"{base}/{name}: unreadable array metadata ({type(exc).__name__}: {exc})"
-            ) from None
+        arr = await _open_array(base, name)
         whole = name in static
         if not whole and arr.shape[0] < rows:
             raise CorruptStoreError(

@@ -194,6 +194,20 @@ def label_columns(
     }
 
 
+def experiment_names(store: Store, experiments: Sequence[str] | None) -> list[str]:
+    """``experiments`` once each, in the order given (default: all), each checked to exist.
+
+    Raises
+    ------
+    NotFoundError
+        Naming the store and the runs it has, for a name it does not hold.
+    """
+    names = store.experiments() if experiments is None else list(dict.fromkeys(experiments))
+    for name in names:
+        store.metadata(name)
+    return names
+
+
 def default_threads() -> int:
     """Threads for an in-process table: the CPUs this process may use (at most 8)."""
     try:
@@ -235,25 +249,19 @@ def store_jump_columns(
             field="metric",
             value=metric,
         )
-    test = JumpTest(
-        alpha=DEFAULT_ALPHA if alpha is None else check_alpha(alpha),
-        keep=None if alpha is None else check_alpha(alpha),
-    )
-    names = store.experiments() if experiments is None else list(dict.fromkeys(experiments))
-    for name in names:
-        store.metadata(name)  # NotFoundError naming the store and the known runs
-    names = sorted(names)
+    keep = None if alpha is None else check_alpha(alpha)
+    test = JumpTest(alpha=DEFAULT_ALPHA if keep is None else keep, keep=keep)
+    names = sorted(experiment_names(store, experiments))
     col = list(D.PHASE1_METRICS).index(metric)
     eps = metric_eps(np.float64, None)
     n_threads = threads or default_threads()
+    starts = range(0, len(names), _BLOCK_EXPERIMENTS) or range(1)  # no runs: one empty block
     parts = [
         _block_rows(store, names[a : a + _BLOCK_EXPERIMENTS], a, col, threshold, test, eps,
                     n_threads)
-        for a in range(0, len(names), _BLOCK_EXPERIMENTS)
+        for a in starts
     ]  # fmt: skip
-    rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
-    if rows is None:
-        rows = _block_rows(store, [], 0, col, threshold, test, eps, 1)
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     meta = _metadata_labels(store, names)
     e = rows.pop("exp")
     columns = label_columns(
@@ -266,7 +274,7 @@ def store_jump_columns(
         train_step=rows.pop("train_step"),
         phase=phase,
     )
-    cluster = _published_clusters(store, columns) if metric == D.STABLE_RANK else None
+    cluster = published_clusters(store, columns) if metric == D.STABLE_RANK else None
     out: dict[str, np.ndarray] = {}
     for key, values in columns.items():
         out[key] = values
@@ -343,19 +351,21 @@ def _metadata_labels(store: Store, names: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def _published_clusters(store: Store, columns: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """The published ``cluster`` of each row (``-1`` if absent), or ``None`` without the table."""
-    if D.JUMPS_TABLE not in store.tables():
-        return None
+def published_clusters(store: Store, columns: Mapping[str, Any]) -> np.ndarray | None:
+    """The published ``cluster`` of each jump row (``-1`` if absent), or ``None`` without the table.
+
+    ``columns`` holds the rows' ``experiment``, ``layer`` and ``step`` (record index).
+    """
     pub = store._table_arrays(D.JUMPS_TABLE, ("experiment", "layer", "step", "cluster"))
     if pub is None:
         return None
     lookup: dict[tuple[str, str, int], int] = {}
-    for key in zip(
+    for exp, layer, step, cluster in zip(
         pub["experiment"].tolist(), pub["layer"].tolist(), pub["step"].tolist(),
         pub["cluster"].tolist(), strict=True,
     ):  # fmt: skip
-        lookup.setdefault((str(key[0]), str(key[1]), int(key[2])), int(key[3]))
+        known = cluster == cluster  # a missing (NaN) cluster reads as -1
+        lookup.setdefault((str(exp), str(layer), int(step)), int(cluster) if known else -1)
     keys = zip(columns["experiment"].tolist(), columns["layer"].tolist(),
                columns["step"].tolist(), strict=True)  # fmt: skip
     return np.asarray([lookup.get((str(e), str(lay), int(s)), -1) for e, lay, s in keys],

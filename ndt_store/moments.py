@@ -29,7 +29,7 @@ import pandas as pd
 import xarray as xr
 
 from ndt_store._dims import EXPERIMENT, INDEX, LAYER, LOSS, STABLE_RANK, STEP
-from ndt_store._jumps import store_jump_columns
+from ndt_store._jumps import experiment_names, published_clusters, store_jump_columns
 from ndt_store.errors import InputError
 from ndt_store.ingest.tables import JUMPS_TABLE, PERIODS_TABLE
 from ndt_store.measures.dynamics import (
@@ -109,10 +109,7 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _experiments(store: Store, experiments: Sequence[str] | None) -> list[str]:
-    names = store.experiments() if experiments is None else list(dict.fromkeys(experiments))
-    for name in names:
-        store.metadata(name)  # NotFoundError naming the store and the known runs
-    return names
+    return experiment_names(store, experiments)
 
 
 def store_jumps(
@@ -171,13 +168,10 @@ def store_jumps(
     table = jump_table(
         store.measurements(names), threshold=threshold, alpha=alpha, variable=metric, phase=phase
     )
-    cluster = np.full(len(table), -1, dtype=np.int64)
-    if JUMPS_TABLE in store.tables() and metric == STABLE_RANK:
-        pub = store.table(JUMPS_TABLE)
-        if "cluster" in pub.columns:
-            key = ["experiment", "layer", "step"]
-            merged = table[key].merge(pub[[*key, "cluster"]], on=key, how="left")
-            cluster = merged["cluster"].fillna(-1).to_numpy(dtype=np.int64)
+    keys = {k: table[k].to_numpy() for k in ("experiment", "layer", "step")}
+    cluster = published_clusters(store, keys) if metric == STABLE_RANK else None
+    if cluster is None:
+        cluster = np.full(len(table), -1, dtype=np.int64)
     cols = list(table.columns)
     table.insert(cols.index("phase_category") + 1, "cluster", cluster)
     return table

@@ -1151,12 +1151,10 @@ class Store:
 
     def table(self, name: str) -> pd.DataFrame:
         """A table stored with :meth:`write_table`."""
-        parent = self._root.get(TABLES)
-        holder = parent.get(name) if isinstance(parent, zarr.Group) else None
-        current: Any = holder.attrs.get("current") if isinstance(holder, zarr.Group) else None
-        if current is None:
+        found = self._table_version(name)
+        if found is None:
             raise NotFoundError(f"no table {name!r} in store {self.location!r}")
-        assert isinstance(holder, zarr.Group)
+        holder, current = found
         try:
             return _read_table(holder[current])  # type: ignore[arg-type]
         except KeyError:
@@ -1164,14 +1162,22 @@ class Store:
                 f"{self.location}: table {name!r} points to missing version {current!r}"
             ) from None
 
-    def _table_arrays(self, name: str, columns: Sequence[str]) -> dict[str, np.ndarray] | None:
-        """``columns`` of a stored table as numpy arrays (no pandas); ``None`` if any is absent."""
+    def _table_version(self, name: str) -> tuple[zarr.Group, str] | None:
+        """The group of table ``name`` and the name of its current version, if it has one."""
         parent = self._root.get(TABLES)
         holder = parent.get(name) if isinstance(parent, zarr.Group) else None
         current: Any = holder.attrs.get("current") if isinstance(holder, zarr.Group) else None
         if current is None:
             return None
         assert isinstance(holder, zarr.Group)
+        return holder, str(current)
+
+    def _table_arrays(self, name: str, columns: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """``columns`` of a stored table as numpy arrays (no pandas); ``None`` if any is absent."""
+        found = self._table_version(name)
+        if found is None:
+            return None
+        holder, current = found
         group = holder.get(current)
         if not isinstance(group, zarr.Group) or not set(columns) <= set(
             group.attrs.get("columns", [])  # type: ignore[arg-type]

@@ -413,7 +413,7 @@ def synth_experiment(
         for first in range(0, spec.steps, per_batch):
             batch = range(first, min(spec.steps, first + per_batch))
             out = _tensor_batch(gens, tensors, batch, spec.steps, jump_step)
-            alphas = [t / max(spec.steps - 1, 1) for t in batch]
+            alphas = [_progress(t, spec.steps) for t in batch]
             yield {
                 "steps": [t * snapshot_every for t in batch],
                 "weights": out.get(D.WEIGHTS) or None,
@@ -426,6 +426,11 @@ def synth_experiment(
             }
 
     return SynthExperiment(name, ds, metadata, batches())
+
+
+def _progress(t: int, steps: int) -> float:
+    """How far snapshot step ``t`` of ``steps`` is through the run, 0 to 1."""
+    return t / max(steps - 1, 1)
 
 
 def _tensor_batch(
@@ -451,7 +456,7 @@ def _tensor_batch(
             wgt = np.empty((k, *gen[D.WEIGHTS][0].shape), np.float32)
             out[D.WEIGHTS][f"{layer}.weight"] = wgt
         for i, t in enumerate(batch):
-            alpha = t / max(steps - 1, 1)
+            alpha = _progress(t, steps)
             jumped = t >= jump_step
             if att is not None:
                 gen[D.ATTENTION].at(alpha, jumped, out=att[i])

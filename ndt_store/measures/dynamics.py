@@ -544,28 +544,14 @@ class _Labels:
     """The eager labels of an (experiment, layer, dim) array that the table rows carry."""
 
     def __init__(self, x: xr.DataArray, dim: str) -> None:
-        self.dim = dim
         self.experiment = _labels(x[EXPERIMENT].values)
         self.layer = _labels(x[LAYER].values)
-        self.exp_coord = x[EXPERIMENT].values if EXPERIMENT in x.coords else None
-        self.layer_coord = x[LAYER].values if LAYER in x.coords else None
         self.steps = np.asarray(x[dim].values, dtype=np.float64) if dim in x.coords else None
         self.num_steps = np.asarray(_coord(x, NUM_STEPS, np.nan), dtype=np.float64)
         self.arch_name = _labels(_coord(x, ARCH_NAME))
         self.dataset = _labels(_coord(x, DATASET))
         self.exp_rank = _ranks(x[EXPERIMENT].values)
         self.layer_rank = _ranks(x[LAYER].values)
-
-    def labeled(self, values: np.ndarray, sl: slice) -> xr.DataArray:
-        """A block of values as a labeled array (for the significance test)."""
-        coords: dict[str, Any] = {}
-        if self.exp_coord is not None:
-            coords[EXPERIMENT] = self.exp_coord[sl]
-        if self.layer_coord is not None:
-            coords[LAYER] = self.layer_coord
-        if self.steps is not None:
-            coords[self.dim] = self.steps
-        return xr.DataArray(values, dims=(EXPERIMENT, LAYER, self.dim), coords=coords)
 
 
 def _jump_block(
