@@ -195,13 +195,24 @@ def _string_codecs(codecs: Any) -> tuple[Codec, tuple[int, bool] | None]:
         raise ValueError("vlen-utf8 configuration")
     if len(codecs) == 1:
         return "vlen-utf8", None
-    zstd = _config(codecs[1], "zstd")
+    return "vlen-utf8", zstd_config(codecs[1])
+
+
+def zstd_config(entry: Any) -> tuple[int, bool]:
+    """``(level, checksum)`` of a ``zstd`` codec entry of a ``zarr.json``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Unless ``entry`` is a ``zstd`` codec with a configuration Zarr accepts.
+    """
+    zstd = _config(entry, "zstd")
     level, checksum = zstd.get("level"), zstd.get("checksum", False)
     if set(zstd) - {"level", "checksum"} or type(level) is not int or type(checksum) is not bool:
         raise ValueError("zstd configuration")
     if not -131072 <= level <= 22:
         raise ValueError("zstd level")
-    return "vlen-utf8", (level, checksum)
+    return level, checksum
 
 
 def _fill(value: Any, dtype: np.dtype) -> Any:
@@ -293,4 +304,4 @@ def _parse(path: str, doc: Any) -> ArraySpec | None:
     )
 
 
-__all__ = ["ArraySpec", "simple_group_attributes"]
+__all__ = ["ArraySpec", "simple_group_attributes", "zstd_config"]

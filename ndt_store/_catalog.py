@@ -23,11 +23,8 @@ import xarray as xr
 import zarr
 
 from ndt_store import _dims as D
-from ndt_store._entries import (
-    EntrySource,
-    metadata_columns,
-    read_phase1_arrays,
-)
+from ndt_store._entries import EntrySource, read_phase1_arrays
+from ndt_store._entry_format import metadata_columns
 from ndt_store._frame import (
     COMPRESSORS,
     CheckedArray,

@@ -20,13 +20,14 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ndt_store import _dims as D
+from ndt_store._entry_format import (
+    EXP_ATTR,
+    EXPERIMENTS,
+    Entry,
+    parse_entry,
+)
 from ndt_store._frame import FRAME_ATTR, gather_all, read_frame_arrays
 from ndt_store.errors import CorruptStoreError
-
-EXP_ATTR = "ndt_experiment"
-EXPERIMENTS = "experiments"
-
-Entry = dict[str, Any]
 
 
 class EntrySource(Protocol):
@@ -63,31 +64,6 @@ class EntrySource(Protocol):
 def experiments_prefix(root: zarr.Group) -> str:
     """The key prefix of the experiment groups under ``root``."""
     return f"{root.path}/{EXPERIMENTS}" if root.path else EXPERIMENTS
-
-
-def parse_entry(location: str, name: str, raw: bytes) -> Entry | None:
-    """The committed entry in one experiment group's ``zarr.json`` bytes, else ``None``.
-
-    Raises
-    ------
-    CorruptStoreError
-        If ``raw`` is not valid JSON.
-
-    Examples
-    --------
-    >>> parse_entry("s.zarr", "a", b'{"attributes": {"ndt_experiment": {"committed": true}}}')
-    {'committed': True}
-    >>> parse_entry("s.zarr", "a", b'{"attributes": {}}') is None
-    True
-    """
-    try:
-        meta = json.loads(raw)
-    except ValueError as exc:
-        raise CorruptStoreError(
-            f"{location}: metadata of experiment {name!r} is not valid JSON ({exc})"
-        ) from None
-    entry = meta.get("attributes", {}).get(EXP_ATTR) if isinstance(meta, dict) else None
-    return entry if isinstance(entry, dict) and entry.get("committed") else None
 
 
 def read_entry(root: zarr.Group, location: str, experiment: str) -> Entry | None:
@@ -133,6 +109,7 @@ __all__ = [
     "list_entries",
     "parse_entry",
     "read_entry",
+    "read_phase1_arrays",
 ]
 
 
@@ -167,24 +144,3 @@ def read_phase1_arrays(
         return await gather_all(*(bounded(n) for n in names))
 
     return dict(zip(names, sync(gather()), strict=True))
-
-
-def metadata_columns(store: EntrySource, names: list[str]) -> dict[str, np.ndarray]:
-    """Each metadata field of ``names`` as one array, in the order of ``names``.
-
-    A field is a float array where every value is a number (NaN where absent),
-    else strings (``""`` where absent); fields no experiment has are left out.
-    """
-    coords: dict[str, np.ndarray] = {}
-    metas = [store.metadata(n) for n in names]
-    for field in D.METADATA_FIELDS:
-        values = [m.get(field) for m in metas]
-        if all(v is None for v in values):
-            continue
-        if all(
-            (isinstance(v, (int, float)) and not isinstance(v, bool)) or v is None for v in values
-        ):
-            coords[field] = np.asarray([np.nan if v is None else v for v in values])
-        else:
-            coords[field] = np.asarray(["" if v is None else str(v) for v in values])
-    return coords

@@ -29,9 +29,11 @@ import numpy.typing as npt
 import zarr
 from zarr.codecs import BloscCodec
 
+from ndt_store._chunk_codecs import check_blosc_header as _check_blosc_header
+from ndt_store._chunk_codecs import check_raw_size as _check_raw_size
+from ndt_store._entry_format import FRAME_ATTR
 from ndt_store.errors import CorruptStoreError, InputError
 
-FRAME_ATTR = "ndt_frame"
 COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 """Blosc lz4 + byte shuffle: decodes several GB/s a thread (NOTES.md), lossless."""
 
@@ -1013,12 +1015,6 @@ def _is_missing_chunk_error(exc: BaseException) -> bool:
     return type(exc).__name__ == "ChunkNotFoundError"
 
 
-def _check_raw_size(stored: int, nbytes: int) -> None:
-    """Raise ``ValueError`` unless an uncompressed chunk of ``nbytes`` is ``stored`` bytes."""
-    if stored != nbytes:
-        raise ValueError(f"{stored} bytes stored, {nbytes} expected")
-
-
 def stored_chunk_problem(arr: Any, data: bytes) -> str | None:
     """Why ``data`` is not one whole stored chunk of ``arr`` (``None`` when it is).
 
@@ -1035,23 +1031,6 @@ def stored_chunk_problem(arr: Any, data: bytes) -> str | None:
     except ValueError as exc:
         return f"is damaged ({exc})"
     return None
-
-
-def _check_blosc_header(data: bytes | memoryview, nbytes: int) -> None:
-    """Raise ``ValueError`` unless ``data`` is one whole Blosc frame of ``nbytes``.
-
-    The 16-byte header holds (little-endian) the decoded size at offset 4 and
-    the frame size at offset 12; a truncated or foreign file fails here instead
-    of being decoded.
-    """
-    if len(data) < 16:
-        raise ValueError(f"{len(data)} bytes is shorter than a Blosc header")
-    decoded = int.from_bytes(data[4:8], "little")
-    framed = int.from_bytes(data[12:16], "little")
-    if framed != len(data):
-        raise ValueError(f"Blosc frame of {framed} bytes stored in {len(data)} bytes")
-    if decoded != nbytes:
-        raise ValueError(f"Blosc frame decodes to {decoded} bytes, chunk holds {nbytes}")
 
 
 def _chunk_coords(arr: Any, bounds: Sequence[tuple[int, int | None]]) -> list[tuple[int, ...]]:

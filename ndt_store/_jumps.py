@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -22,8 +22,31 @@ from ndt_store._kernels import dynamics as _k
 from ndt_store._kernels.dynamics import DEFAULT_EPSILON
 from ndt_store.errors import InputError
 
-if TYPE_CHECKING:
-    from ndt_store.store import Store
+
+class JumpSource(Protocol):
+    """What the jump table reads of a store: a :class:`~ndt_store.store.Store`, or the
+    Zarr-free :class:`~ndt_store._local_read.LocalReader` that ``ndt-store jumps`` uses."""
+
+    location: str
+
+    def experiments(self) -> list[str]:
+        """Committed experiments' names, sorted."""
+        ...
+
+    def metadata(self, experiment: str) -> dict[str, Any]:
+        """Run metadata of one experiment."""
+        ...
+
+    def _phase1_arrays(
+        self, names: Sequence[str], fields: tuple[str, ...]
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """``fields`` of each run's Phase 1 frame (along-row ones cut to the committed rows)."""
+        ...
+
+    def _table_arrays(self, name: str, columns: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """``columns`` of a stored table, ``None`` if it or any column is absent."""
+        ...
+
 
 PhaseMode = Literal["train", "index"]
 """How a jump's ``phase`` is computed: from its training step or its record index."""
@@ -194,7 +217,7 @@ def label_columns(
     }
 
 
-def experiment_names(store: Store, experiments: Sequence[str] | None) -> list[str]:
+def experiment_names(store: JumpSource, experiments: Sequence[str] | None) -> list[str]:
     """``experiments`` once each, in the order given (default: all), each checked to exist.
 
     Raises
@@ -218,7 +241,7 @@ def default_threads() -> int:
 
 
 def store_jump_columns(
-    store: Store,
+    store: JumpSource,
     experiments: Sequence[str] | None = None,
     *,
     threshold: float = 2.0,
@@ -284,7 +307,7 @@ def store_jump_columns(
 
 
 def _block_rows(
-    store: Store,
+    store: JumpSource,
     names: list[str],
     first: int,
     col: int,
@@ -294,9 +317,7 @@ def _block_rows(
     threads: int,
 ) -> dict[str, np.ndarray]:
     """Jump rows of one block of experiments: numbers, experiment position, layer, train step."""
-    from ndt_store._entries import read_phase1_arrays
-
-    found = read_phase1_arrays(store, names, (D.STEP, D.LAYER, "metrics"))
+    found = store._phase1_arrays(names, (D.STEP, D.LAYER, "metrics"))
     series, exp_of, layer_of, steps = [], [], [], []
     for e, name in enumerate(names):
         arrays = found[name]
@@ -331,9 +352,9 @@ def _block_rows(
     return {**core, "exp": exp[r], "layer_label": lab[r], "train_step": train_step}
 
 
-def _metadata_labels(store: Store, names: list[str]) -> dict[str, np.ndarray]:
+def _metadata_labels(store: JumpSource, names: list[str]) -> dict[str, np.ndarray]:
     """``arch_name``, ``dataset`` (labels) and ``num_steps`` (float) per experiment."""
-    from ndt_store._entries import metadata_columns
+    from ndt_store._entry_format import metadata_columns
 
     cols = metadata_columns(store, names)
     out: dict[str, np.ndarray] = {}
@@ -351,7 +372,7 @@ def _metadata_labels(store: Store, names: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def published_clusters(store: Store, columns: Mapping[str, Any]) -> np.ndarray | None:
+def published_clusters(store: JumpSource, columns: Mapping[str, Any]) -> np.ndarray | None:
     """The published ``cluster`` of each jump row (``-1`` if absent), or ``None`` without the table.
 
     ``columns`` holds the rows' ``experiment``, ``layer`` and ``step`` (record index).

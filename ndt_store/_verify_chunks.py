@@ -20,7 +20,6 @@ thread; uncompressed ones are checked there, never copied.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import os
@@ -34,7 +33,13 @@ from typing import Any, Literal
 import numpy as np
 
 from ndt_store._array_spec import ArraySpec
-from ndt_store._frame import _check_blosc_header, _check_raw_size, stored_chunk_problem
+from ndt_store._chunk_codecs import (
+    blosc_decompress,
+    check_blosc_header,
+    check_raw_size,
+    decode_strings,
+)
+from ndt_store._frame import stored_chunk_problem
 
 Severity = Literal["error", "warning"]
 
@@ -366,32 +371,6 @@ class ChunkPass:
         return res
 
 
-def _blosc_decompress(data: bytes | memoryview) -> bytes:
-    from numcodecs import blosc
-
-    return bytes(blosc.decompress(data))
-
-
-def _vlen_utf8(spec: ArraySpec, data: bytes | memoryview) -> np.ndarray:
-    """Decode a string chunk as Zarr's ``vlen-utf8`` (after ``zstd``) codecs do."""
-    raw: Any = data if spec.zstd is None else _zstd(*spec.zstd).decode(data)
-    return np.asarray(_vlen_codec().decode(raw)).reshape(spec.chunks)
-
-
-@functools.cache
-def _zstd(level: int, checksum: bool) -> Any:
-    from numcodecs.zstd import Zstd
-
-    return Zstd(level=level, checksum=checksum)
-
-
-@functools.cache
-def _vlen_codec() -> Any:
-    from numcodecs.vlen import VLenUTF8
-
-    return VLenUTF8()
-
-
 def _cut_chunks(spec: ArraySpec, n: int) -> list[tuple[int, int]]:
     """(dimension, chunk index) of the last chunks cut short by the edge (rows ``n``)."""
     sizes = (n, *spec.shape[1:])
@@ -430,9 +409,9 @@ def _damage(spec: ArraySpec, data: bytes | memoryview) -> str | None:
     nbytes = spec.chunk_nbytes
     try:
         if spec.codec == "blosc":
-            _check_blosc_header(data, nbytes)
+            check_blosc_header(data, nbytes)
         else:
-            _check_raw_size(len(data), nbytes)
+            check_raw_size(len(data), nbytes)
     except ValueError as exc:
         return f"is damaged ({exc})"
     return None
@@ -453,10 +432,10 @@ def _decode(
         if spec.codec == "raw":
             return np.frombuffer(data, dtype=spec.dtype).reshape(spec.chunks)
         if spec.codec == "blosc":
-            flat = np.frombuffer(_blosc_decompress(data), dtype=spec.dtype)
+            flat = np.frombuffer(blosc_decompress(data), dtype=spec.dtype)
             return flat.reshape(spec.chunks)
         if spec.codec == "vlen-utf8":
-            return _vlen_utf8(spec, data)
+            return decode_strings(spec, data)
         sel = tuple(
             slice(c * k, min((c + 1) * k, n if i == 0 else s))
             for i, (c, k, s) in enumerate(zip(coord, spec.chunks, spec.shape, strict=True))

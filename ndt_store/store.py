@@ -39,13 +39,12 @@ from zarr.errors import ContainsGroupError
 
 from ndt_store import _dims as D
 from ndt_store._entries import (
-    EXP_ATTR,
-    EXPERIMENTS,
     experiments_prefix,
     list_entries,
     parse_entry,
     read_entry,
 )
+from ndt_store._entry_format import EXP_ATTR, EXPERIMENTS, FORMAT_VERSION, ROOT_ATTR, TABLES
 from ndt_store._frame import (
     FRAME_ATTR,
     Frame,
@@ -76,9 +75,6 @@ if TYPE_CHECKING:  # xarray and pandas load on first use: `ls`, `show`, `verify`
     import pandas as pd
     import xarray as xr
 
-FORMAT_VERSION = 1
-ROOT_ATTR = "ndt_store"
-TABLES = "tables"
 SNAPSHOTS = "snapshots"
 
 GRACE_SECONDS = 3600.0
@@ -1171,6 +1167,14 @@ class Store:
             return None
         assert isinstance(holder, zarr.Group)
         return holder, str(current)
+
+    def _phase1_arrays(
+        self, names: Sequence[str], fields: tuple[str, ...]
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """``fields`` of each run's Phase 1 frame, read concurrently (not cached)."""
+        from ndt_store._entries import read_phase1_arrays
+
+        return read_phase1_arrays(self, list(names), fields)
 
     def _table_arrays(self, name: str, columns: Sequence[str]) -> dict[str, np.ndarray] | None:
         """``columns`` of a stored table as numpy arrays (no pandas); ``None`` if any is absent."""

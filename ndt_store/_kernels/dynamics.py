@@ -718,24 +718,30 @@ def phase_randomized(
 def _max_robust_z(y: np.ndarray) -> np.ndarray:
     """``robust_z(y).max(-1)`` for ``(R, m)`` float32 rows, overwriting ``y``.
 
-    Two in-place selections (median, then MAD) and one pass for the largest
-    deviation; no sort and no z array.
+    One in-place sort per row gives the median; the deviations ``|y - median|``
+    then fall and rise along the sorted row, so the ``k``-th smallest of them
+    (the MAD's order statistic) is the smallest, over windows of ``k + 1``
+    neighbours, of the larger deviation at the window's two ends, and the
+    largest deviation sits at one end of the row. Every value is one of the
+    float32 deviations ``robust_z`` would select: the result is what two
+    selections (median, then MAD) give, at about half their cost.
     """
     m = y.shape[-1]
     half = m // 2
+    y.sort(axis=-1)
+    med = y[:, half] if m % 2 else (y[:, half] + y[:, half - 1]) / 2
+    y -= med[:, None]
+    np.abs(y, out=y)  # y is now |y - median|, falling then rising along each row
 
-    def median(a: np.ndarray) -> np.ndarray:  # reorders a's rows
-        a.partition(half, axis=-1)
-        upper = a[:, half].copy()
-        return upper if m % 2 else (upper + a[:, :half].max(axis=-1)) / 2
+    def smallest(k: int) -> np.ndarray:  # the k-th smallest deviation (from 0) per row
+        return np.minimum.reduce(np.maximum(y[:, : m - k], y[:, k:]), axis=-1)
 
-    y -= median(y)[:, None]
-    np.abs(y, out=y)  # y is now |y - median|
-    top = y.max(axis=-1)
-    mean_dev = y.mean(axis=-1)
-    scale = median(y) * np.float32(MAD_TO_SIGMA)
-    # half or more of a row at its median: mean absolute deviation instead
-    scale = np.where(scale > 0, scale, mean_dev * np.float32(_MEANAD_TO_SIGMA))
+    mad = smallest(half) if m % 2 else (smallest(half) + smallest(half - 1)) / 2
+    top = np.maximum(y[:, 0], y[:, -1])
+    scale = mad * np.float32(MAD_TO_SIGMA)
+    flat = ~(scale > 0)
+    if flat.any():  # half or more of a row at its median: mean absolute deviation instead
+        scale[flat] = y[flat].mean(axis=-1) * np.float32(_MEANAD_TO_SIGMA)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = top / scale
     return np.where(scale > 0, z, 0.0)

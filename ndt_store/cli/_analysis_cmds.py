@@ -161,11 +161,16 @@ def _jumps(args: argparse.Namespace) -> int:
         print_table(table, args.format)
         return 0
     from ndt_store._jumps import store_jump_columns
+    from ndt_store._local_read import LayoutUnsupported, LocalReader
 
-    columns = store_jump_columns(
-        _open(args), args.experiment, threshold=args.threshold, alpha=args.alpha,
-        metric=args.metric, phase=args.phase,
-    )  # fmt: skip
+    options = {
+        "threshold": args.threshold, "alpha": args.alpha, "metric": args.metric,
+        "phase": args.phase,
+    }  # fmt: skip
+    try:  # a local store of the plain layout: read without importing Zarr
+        columns = store_jump_columns(LocalReader.open(args.store), args.experiment, **options)
+    except LayoutUnsupported:  # remote, another layout, or damage: Zarr reads and words it
+        columns = store_jump_columns(_open(args), args.experiment, **options)
     print_columns(columns, args.format)
     return 0
 
