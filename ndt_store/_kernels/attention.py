@@ -8,6 +8,8 @@ operations, so it makes no full-size temporaries (the naive
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import numpy.typing as npt
 
@@ -53,7 +55,7 @@ def _check_sums(sums: np.ndarray, tolerance: float) -> None:
 
 def _check_low(rows: np.ndarray, tolerance: float) -> None:
     """Raise :class:`NotProbabilitiesError` if a value of ``rows`` is below ``-tolerance``."""
-    low = float(np.nanmin(rows)) if rows.size else 0.0
+    low = float(np.fmin.reduce(rows, axis=None)) if rows.size else 0.0  # NaN ignored, no warning
     if low < -tolerance:
         raise NotProbabilitiesError(f"a value is {low:.4g}")
 
@@ -105,8 +107,9 @@ def entropy(
         Apply a softmax along ``axis`` before taking the entropy.
     row_tolerance
         If given (and not ``from_logits``), check that every row sums to 1 within
-        this tolerance and has no value below ``-row_tolerance``, block by block
-        while the block is in cache (no extra pass over memory).
+        this tolerance and has no value below ``-row_tolerance``: the row sums are
+        taken block by block while the block is in cache (no extra pass over
+        memory) and checked once, after the last block.
 
     Raises
     ------
@@ -146,26 +149,27 @@ def entropy(
     tol = 0.0 if row_tolerance is None else float(row_tolerance)
     if check:
         ones = np.ones(k, dtype=dtype)
-        sums = np.empty(min(block, n), dtype=dtype)
-    for start in range(0, n, block):
-        rows_blk = rows[start : start + block]
-        t = work[: rows_blk.shape[0]]
-        if check:  # the block is in cache: its row sums (one matrix-vector product) are cheap
-            np.matmul(rows_blk, ones, out=sums[: rows_blk.shape[0]])
-            _check_sums(sums[: rows_blk.shape[0]], tol)
-        # log(p + tiny) is finite at p == 0, so 0 * log 0 contributes 0; for any
-        # p >= ~1e-30 (float32) adding tiny changes nothing. An add is several
-        # times cheaper than a clamp (np.maximum), and the row sums of p * log p
-        # are one fused dot product per row.
-        np.add(rows_blk, tiny, out=t)
-        if check:  # a negative value is reported by _check_low below, not warned about
-            with np.errstate(invalid="ignore"):
-                np.log(t, out=t)
-        else:
+        sums = np.empty(n, dtype=dtype)
+    # with the check a negative value is reported by _check_low below, not warned about
+    with np.errstate(invalid="ignore") if check else contextlib.nullcontext():
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            rows_blk = rows[start:stop]
+            t = work[: stop - start]
+            if check:  # the block is in cache: its row sums (one matrix-vector product)
+                np.matmul(rows_blk, ones, out=sums[start:stop])
+            # log(p + tiny) is finite at p == 0, so 0 * log 0 contributes 0; for any
+            # p >= ~1e-30 (float32) adding tiny changes nothing. An add is several
+            # times cheaper than a clamp (np.maximum), and the row sums of p * log p
+            # are one fused dot product per row.
+            np.add(rows_blk, tiny, out=t)
             np.log(t, out=t)
-        _rowdot(t, rows_blk, out[start : start + rows_blk.shape[0]])
+            _rowdot(t, rows_blk, out[start:stop])
+    if check:  # once for every row: no per-block calls
+        _check_sums(sums, tol)
         # a value below -tiny makes its row's entropy NaN: only then look for it
-        if check and np.isnan(out[start : start + rows_blk.shape[0]]).any():
-            _check_low(rows_blk, tol)
+        nan_rows = np.flatnonzero(np.isnan(out))
+        if nan_rows.size:
+            _check_low(rows[nan_rows], tol)
     np.subtract(0.0, out, out=out)  # 0 - x, not -x: a one-hot row gives +0.0
     return out.reshape(lead)
