@@ -10,12 +10,24 @@ light reader of :mod:`ndt_store._local_read`) check and decode them here, throug
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ndt_store._array_spec import ArraySpec
+
+class ChunkLayout(Protocol):
+    """What decoding one chunk needs to know (an :class:`~ndt_store._array_spec.ArraySpec`)."""
+
+    @property
+    def codec(self) -> str: ...
+    @property
+    def chunks(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> np.dtype: ...
+    @property
+    def zstd(self) -> tuple[int, bool] | None: ...
+    @property
+    def chunk_nbytes(self) -> int: ...
 
 
 def check_raw_size(stored: int, nbytes: int) -> None:
@@ -53,13 +65,13 @@ def zstd_decompress(data: bytes | memoryview, level: int, checksum: bool) -> byt
     return bytes(_zstd(level, checksum).decode(data))
 
 
-def decode_strings(spec: ArraySpec, data: bytes | memoryview) -> np.ndarray:
+def decode_strings(spec: ChunkLayout, data: bytes | memoryview) -> np.ndarray:
     """Decode a string chunk as Zarr's ``vlen-utf8`` (after ``zstd``) codecs do (chunk-shaped)."""
     raw: Any = data if spec.zstd is None else _zstd(*spec.zstd).decode(data)
     return np.asarray(_vlen_codec().decode(raw)).reshape(spec.chunks)
 
 
-def decode_chunk(spec: ArraySpec, data: bytes | memoryview) -> np.ndarray:
+def decode_chunk(spec: ChunkLayout, data: bytes | memoryview) -> np.ndarray:
     """The chunk-shaped values of one whole stored chunk of a ``raw``, ``blosc`` or string spec.
 
     Raises
@@ -94,6 +106,7 @@ def _vlen_codec() -> Any:
 
 
 __all__ = [
+    "ChunkLayout",
     "blosc_decompress",
     "check_blosc_header",
     "check_raw_size",

@@ -120,7 +120,9 @@ def test_jump_columns_equal_the_store_path(source, options):
     light = store_jump_columns(LocalReader.open(source), **options)
     full = store_jump_columns(ndt_store.open_store(source, mode="r"), **options)
     _assert_same(light, full)
-    assert light["experiment"].size > 0 and (light["cluster"] >= 0).any() == ("metric" not in options)
+    assert light["experiment"].size > 0 and (light["cluster"] >= 0).any() == (
+        "metric" not in options
+    )
 
 
 def test_rows_written_past_the_committed_count_stay_unseen(copy):
