@@ -55,8 +55,8 @@ def _check_sums(sums: np.ndarray, tolerance: float) -> None:
 
 def _check_low(rows: np.ndarray, tolerance: float) -> None:
     """Raise :class:`NotProbabilitiesError` if a value of ``rows`` is below ``-tolerance``."""
-    # fmin ignores NaN and, unlike nanmin, does not warn on all-NaN rows
-    low = float(np.fmin.reduce(rows, axis=None)) if rows.size else 0.0
+    values = rows[~np.isnan(rows)]  # all-NaN rows are allowed: nothing to warn about
+    low = float(values.min()) if values.size else 0.0
     if low < -tolerance:
         raise NotProbabilitiesError(f"a value is {low:.4g}")
 

@@ -734,7 +734,7 @@ def _max_robust_z(y: np.ndarray) -> np.ndarray:
     np.abs(y, out=y)  # y is now |y - median|, falling then rising along each row
 
     def smallest(k: int) -> np.ndarray:  # the k-th smallest deviation (from 0) per row
-        return np.minimum.reduce(np.maximum(y[:, : m - k], y[:, k:]), axis=-1)
+        return np.maximum(y[:, : m - k], y[:, k:]).min(axis=-1)
 
     mad = smallest(half) if m % 2 else (smallest(half) + smallest(half - 1)) / 2
     top = np.maximum(y[:, 0], y[:, -1])
