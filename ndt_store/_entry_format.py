@@ -81,3 +81,32 @@ def metadata_columns(store: MetadataSource, names: list[str]) -> dict[str, np.nd
         else:
             coords[field] = np.asarray(["" if v is None else str(v) for v in values])
     return coords
+
+
+def summary_row(experiment: str, entry: Entry, steps: np.ndarray, n_layers: int) -> dict[str, Any]:
+    """What ``ndt-store ls`` shows of one experiment, from its entry and Phase 1 steps.
+
+    Returns
+    -------
+    dict
+        ``experiment``, ``arch`` and ``dataset`` (from the metadata), ``records``,
+        ``first_step`` and ``last_step`` (``None`` without records), ``layers`` and
+        ``snapshots`` (counts: distinct snapshot steps listed in the entry).
+
+    Examples
+    --------
+    >>> entry = {"metadata": {"arch_name": "mlp"}, "snapshots": [{"step": 5}, {"step": 5}]}
+    >>> summary_row("e", entry, np.array([0, 5, 10]), 2)["snapshots"]
+    1
+    """
+    meta = entry.get("metadata", {})
+    return {
+        "experiment": experiment,
+        "arch": str(meta.get("arch_name", "")),
+        "dataset": str(meta.get("dataset", "")),
+        "records": int(steps.size),
+        "first_step": int(steps[0]) if steps.size else None,
+        "last_step": int(steps[-1]) if steps.size else None,
+        "layers": int(n_layers),
+        "snapshots": len({s["step"] for s in entry.get("snapshots", [])}),
+    }

@@ -40,6 +40,7 @@ from ndt_store._entry_format import (
     TABLES,
     Entry,
     parse_entry,
+    summary_row,
 )
 
 
@@ -51,8 +52,8 @@ class LocalReader:
     """Committed experiments, Phase 1 frames and tables of a local store, read without Zarr.
 
     Create one with :meth:`open`. It offers the part of :class:`~ndt_store.store.Store`
-    the jump table reads: :meth:`experiments`, :meth:`metadata`, :meth:`entries`,
-    ``_phase1_arrays`` and ``_table_arrays``.
+    the jump table and ``ls`` read: :meth:`experiments`, :meth:`metadata`,
+    :meth:`entries`, :meth:`summary`, ``_phase1_arrays`` and ``_table_arrays``.
 
     Examples
     --------
@@ -114,6 +115,14 @@ class LocalReader:
         if entry is None:
             raise LayoutUnsupported(f"{self.location}: no experiment {experiment!r} as given")
         return dict(entry.get("metadata", {}))
+
+    def summary(self, experiment: str) -> dict[str, Any]:
+        """What ``ndt-store ls`` shows of one experiment (as :meth:`Store.summary`)."""
+        entry = self._entries.get(experiment)
+        if entry is None:
+            raise LayoutUnsupported(f"{self.location}: no experiment {experiment!r} as given")
+        arrays = self._phase1_arrays([experiment], (D.STEP, D.LAYER))[experiment]
+        return summary_row(experiment, entry, arrays[D.STEP], arrays[D.LAYER].size)
 
     # ------------------------------------------------------------------ arrays
     def _phase1_arrays(

@@ -44,7 +44,14 @@ from ndt_store._entries import (
     parse_entry,
     read_entry,
 )
-from ndt_store._entry_format import EXP_ATTR, EXPERIMENTS, FORMAT_VERSION, ROOT_ATTR, TABLES
+from ndt_store._entry_format import (
+    EXP_ATTR,
+    EXPERIMENTS,
+    FORMAT_VERSION,
+    ROOT_ATTR,
+    TABLES,
+    summary_row,
+)
 from ndt_store._frame import (
     FRAME_ATTR,
     Frame,
@@ -643,18 +650,9 @@ class Store:
         """
         experiment = normalize_name(experiment)
         arrays = self._phase1_numpy(experiment)
-        meta = self.metadata(experiment)
-        steps = arrays[D.STEP]
-        return {
-            "experiment": experiment,
-            "arch": str(meta.get("arch_name", "")),
-            "dataset": str(meta.get("dataset", "")),
-            "records": int(steps.size),
-            "first_step": int(steps[0]) if steps.size else None,
-            "last_step": int(steps[-1]) if steps.size else None,
-            "layers": int(arrays[D.LAYER].size),
-            "snapshots": len(self.snapshot_steps(experiment)),
-        }
+        return summary_row(
+            experiment, self._entry(experiment), arrays[D.STEP], arrays[D.LAYER].size
+        )
 
     def _frame_at(self, path: str, experiment: str) -> Frame:
         """Open the frame group at ``path`` (relative to the root) in one metadata read."""

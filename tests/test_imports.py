@@ -135,7 +135,8 @@ def test_light_commands_load_only_what_they_use(small_store, args):
     assert _loaded(modules, ("xarray", "pandas", "dask")) == [], args
 
 
-def test_jumps_on_a_local_store_does_not_import_zarr(small_store):
-    """``jumps`` reads a local store's frames straight from the files (``_local_read``)."""
-    modules = _modules_after(_cli(["jumps", "--format", "csv", "--store", str(small_store)]))
-    assert _loaded(modules, ("zarr", "ndt_store.store", "ndt_store._frame")) == []
+@pytest.mark.parametrize("args", [["jumps", "--format", "csv"], ["ls"]], ids=lambda a: a[0])
+def test_jumps_and_ls_on_a_local_store_do_not_import_zarr(small_store, args):
+    """They read a local store's files straight from disk (``_local_read``)."""
+    modules = _modules_after(_cli([*args, "--store", str(small_store)]))
+    assert _loaded(modules, ("zarr", "ndt_store.store", "ndt_store._frame")) == [], args

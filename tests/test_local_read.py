@@ -59,6 +59,8 @@ def source(tmp_path_factory) -> Path:
     pub = store_jumps(store, ["run_b"])[["experiment", "layer", "step"]].iloc[::3].copy()
     pub["cluster"] = np.arange(len(pub)) % 4
     store.write_table(D.JUMPS_TABLE, pub)
+    store.write_snapshot("run_b", 40, weights={"w": np.ones((3, 2))})
+    store.write_snapshot("run_b", 80, weights={"w": np.zeros((3, 2))})
     store.write_table("zeros", pd.DataFrame({"n": np.zeros(5, np.int64), "s": ["x"] * 5}))
     return path
 
@@ -123,6 +125,19 @@ def test_jump_columns_equal_the_store_path(source, options):
     assert light["experiment"].size > 0 and (light["cluster"] >= 0).any() == (
         "metric" not in options
     )
+
+
+def test_ls_rows_equal_the_store_path(source, copy):
+    from ndt_store.cli._store_cmds import _ls_rows
+
+    for path in (source, copy):
+        light = _ls_rows(LocalReader.open(path))
+        assert light == _ls_rows(ndt_store.open_store(path, mode="r"))
+    by_name = {r["experiment"]: r for r in light}
+    assert by_name["run_b"]["snapshots"] == 2 and by_name["run_c"]["steps"] == "-"
+    assert by_name["run_a"]["records"] == 20 and by_name["run_b"]["layers"] == 3
+    status, out, _ = _cli(["ls", "--store", str(source), "--format", "json"])
+    assert status == 0 and [json.loads(line) for line in out.splitlines()] == light
 
 
 def test_rows_written_past_the_committed_count_stay_unseen(copy):

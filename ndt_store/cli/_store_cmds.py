@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from ndt_store.cli._common import (
     add_store,
@@ -183,16 +184,25 @@ def _ingest_tables(args: argparse.Namespace) -> int:
 
 def _ls(args: argparse.Namespace) -> int:
     import ndt_store
+    from ndt_store._local_read import LayoutUnsupported, LocalReader
 
-    store = ndt_store.open_store(args.store, mode="r")
+    try:  # a local store of the plain layout: read without importing Zarr
+        rows = _ls_rows(LocalReader.open(args.store))
+    except LayoutUnsupported:  # remote, another layout, or damage: Zarr reads and words it
+        rows = _ls_rows(ndt_store.open_store(args.store, mode="r"))
+    print_rows(rows, args.format)
+    return 0
+
+
+def _ls_rows(store: Any) -> list[dict[str, Any]]:
+    """One ``ls`` row per committed experiment of a ``Store`` or ``LocalReader``."""
     rows = []
     for name in store.experiments():
         info = store.summary(name)
         first, last = info.pop("first_step"), info.pop("last_step")
         info["steps"] = "-" if first is None else f"{first}..{last}"
         rows.append({k: info[k] for k in LS_COLUMNS})
-    print_rows(rows, args.format)
-    return 0
+    return rows
 
 
 def _show(args: argparse.Namespace) -> int:
