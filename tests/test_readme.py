@@ -26,4 +26,25 @@ def test_ci_runs_readme_test_command():
     tests_section = readme.split("## Tests", 1)[1]
     command = re.search(r"```bash\n(.*?)\n```", tests_section, flags=re.S).group(1).strip()
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
-    assert ci[-1].strip() == command
+    # the last line runs it through run_suite, which fails on a stray traceback
+    assert ci[-1].strip() == f"run_suite py311 {command}"
+
+
+def test_ci_fails_a_passing_suite_that_prints_a_traceback(tmp_path):
+    """``run_suite`` in ``.ci/run`` passes a clean run and fails one that prints a
+    ``KeyboardInterrupt`` traceback though its command exits 0."""
+    import subprocess
+
+    text = (ROOT / ".ci" / "run").read_text()
+    start = text.index("LOGS=")
+    end = text.index("\n}\n", start) + 3
+    helper = "set -euo pipefail\n" + text[start:end]
+    clean = "echo '3 passed'"
+    noisy = "printf 'Traceback (most recent call last):\\nKeyboardInterrupt\\n3 passed\\n'"
+    failing = "echo '1 failed'; exit 1"
+    codes = {}
+    for name, body in (("clean", clean), ("noisy", noisy), ("failing", failing)):
+        script = tmp_path / f"{name}.sh"
+        script.write_text(f"{helper}\nrun_suite {name} bash -c \"{body}\"\n")
+        codes[name] = subprocess.run(["bash", str(script)], capture_output=True).returncode
+    assert codes == {"clean": 0, "noisy": 1, "failing": 1}
