@@ -45,6 +45,6 @@ def test_ci_fails_a_passing_suite_that_prints_a_traceback(tmp_path):
     codes = {}
     for name, body in (("clean", clean), ("noisy", noisy), ("failing", failing)):
         script = tmp_path / f"{name}.sh"
-        script.write_text(f"{helper}\nrun_suite {name} bash -c \"{body}\"\n")
+        script.write_text(f'{helper}\nrun_suite {name} bash -c "{body}"\n')
         codes[name] = subprocess.run(["bash", str(script)], capture_output=True).returncode
     assert codes == {"clean": 0, "noisy": 1, "failing": 1}
