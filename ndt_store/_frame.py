@@ -32,6 +32,7 @@ from zarr.codecs import BloscCodec
 from ndt_store._chunk_codecs import check_blosc_header as _check_blosc_header
 from ndt_store._chunk_codecs import check_raw_size as _check_raw_size
 from ndt_store._entry_format import FRAME_ATTR
+from ndt_store._fast_create import create_local_array
 from ndt_store.errors import CorruptStoreError, InputError
 
 COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
@@ -195,11 +196,15 @@ async def _new_column(
 
     ``overwrite`` also removes an array left behind by an interrupted append; the
     ``start`` rows before this append, which never had this column, get explicit
-    missing values.
+    missing values. On a local store the array's metadata is written directly
+    (:func:`~ndt_store._fast_create.create_local_array`), one file instead of zarr's
+    re-write of every parent group.
     """
     from zarr.api.asynchronous import create_array
 
-    arr = await create_array(base, name=name, overwrite=True, config=_WRITE_ALL, **spec)
+    arr = await create_local_array(base, name, spec, config=_WRITE_ALL)
+    if arr is None:
+        arr = await create_array(base, name=name, overwrite=True, config=_WRITE_ALL, **spec)
     if start:
         await _fill_rows(arr, 0, start)
     await _write_rows(arr, values, start)
