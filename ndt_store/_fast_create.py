@@ -17,6 +17,7 @@ it. Anything the fast path does not cover returns ``None`` and the caller uses z
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import os
@@ -100,6 +101,41 @@ def _write_document(folder: str, text: bytes) -> None:
         raise
 
 
+def _group_document() -> bytes:
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.group import GroupMetadata
+
+    meta = GroupMetadata(zarr_format=3)
+    return bytes(meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
+
+
+def _ensure_groups(folder: str, names: list[str]) -> None:
+    """Write an empty group's metadata at each of ``folder/names[0]/names[1]/...`` lacking one.
+
+    Like zarr's own parent writes, an existing ``zarr.json`` is left as it is, and
+    two writers creating the same group at once both succeed: the document goes to
+    a temporary file linked to its name only where no document is.
+    """
+    path = folder
+    text: bytes | None = None
+    for part in names:
+        path = os.path.join(path, part)
+        final = os.path.join(path, "zarr.json")
+        if os.path.isfile(final):
+            continue
+        os.makedirs(path, exist_ok=True)
+        text = text if text is not None else _group_document()
+        tmp = f"{final}.{os.urandom(8).hex()}.partial"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(text)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
 async def create_local_array(
     base: Any, name: str, spec: Mapping[str, Any], config: Any = None
 ) -> Any | None:
@@ -110,7 +146,8 @@ async def create_local_array(
     base
         A zarr ``StorePath`` of an existing group in a local store.
     name
-        The new array's name (one path component).
+        The new array's name under ``base``; ``a/b`` also writes group ``a`` when
+        it has no metadata yet, as zarr does.
     spec
         Keyword arguments of ``zarr.create_array``: ``shape``, ``dtype``, ``chunks``
         and optionally ``dimension_names``, ``compressors``, ``fill_value``,
@@ -130,10 +167,13 @@ async def create_local_array(
 
     folder = _local_dir(base)
     key = _kind_key(spec)
-    if folder is None or key is None or "/" in name:
+    parts = name.split("/")
+    if folder is None or key is None or any(p in ("", ".", "..") for p in parts):
         return None
     if not os.path.isfile(os.path.join(folder, "zarr.json")):
-        return None  # zarr also writes the missing parent groups
+        return None  # the group the array goes under must exist
+    if len(parts) > 1:  # intermediate groups, as zarr's create_array writes them
+        await asyncio.to_thread(_ensure_groups, folder, parts[:-1])
     doc = copy.deepcopy(await _template(key, spec))
     doc["shape"] = [int(n) for n in spec["shape"]]
     doc["chunk_grid"]["configuration"]["chunk_shape"] = [int(c) for c in spec["chunks"]]

@@ -96,3 +96,32 @@ def test_falls_back_where_it_does_not_apply(tmp_path: Path) -> None:
         zarr.storage.LocalStore(tmp_path / "s.zarr", read_only=True), mode="r"
     )
     assert sync(create_local_array(read_only.store_path, "x", spec)) is None
+
+
+def test_nested_name_writes_the_groups_zarr_writes(tmp_path: Path) -> None:
+    group = zarr.open_group(tmp_path / "s.zarr", mode="w")
+    spec = SPECS[0]
+    sync(create_array(group.store_path, name="zarr_side/mid/x", **spec))
+
+    async def both() -> list[Any]:  # two arrays under the same new groups, at once
+        import asyncio
+
+        return list(
+            await asyncio.gather(
+                create_local_array(group.store_path, "fast_side/mid/x", spec),
+                create_local_array(group.store_path, "fast_side/mid/y", spec),
+            )
+        )
+
+    assert all(a is not None for a in sync(both()))
+    root = tmp_path / "s.zarr"
+    for sub in ("", "mid/"):
+        assert (root / f"fast_side/{sub}zarr.json").read_bytes() == (
+            root / f"zarr_side/{sub}zarr.json"
+        ).read_bytes()
+    assert _doc(root / "fast_side/mid/x") == _doc(root / "zarr_side/mid/x")
+    opened = zarr.open_group(root / "fast_side")
+    assert sorted(opened["mid"].array_keys()) == ["x", "y"]
+    assert not list(root.rglob("*.partial"))
+    for bad in ("../x", "a//b", "a/./b"):
+        assert sync(create_local_array(group.store_path, bad, spec)) is None
