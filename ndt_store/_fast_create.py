@@ -38,14 +38,14 @@ _templates: dict[tuple[Any, ...], dict[str, Any]] = {}
 _lock = threading.Lock()
 
 
-def _local_dir(base: Any) -> str | None:
-    """The directory of the store path ``base`` when its store is a writable local one."""
+def local_dir(store_path: Any) -> str | None:
+    """The directory of a zarr ``StorePath`` whose store is a local one, else ``None``."""
     from zarr.storage import LocalStore
 
-    store = base.store
-    if not isinstance(store, LocalStore) or store.read_only:
+    store, path = store_path.store, store_path.path
+    if not isinstance(store, LocalStore):
         return None
-    return os.path.join(str(store.root), base.path) if base.path else str(store.root)
+    return os.path.join(str(store.root), path) if path else str(store.root)
 
 
 def _kind_key(spec: Mapping[str, Any]) -> tuple[Any, ...] | None:
@@ -81,6 +81,27 @@ async def _template(key: tuple[Any, ...], spec: Mapping[str, Any]) -> dict[str, 
     return doc
 
 
+def _publish(final: str, text: bytes, *, replace: bool) -> None:
+    """Write ``text`` to a temporary file beside ``final``, then give it that name.
+
+    ``replace``: over whatever is there (zarr's plain write); otherwise only where
+    nothing is (zarr's exclusive write: of two writers at once, both succeed and the
+    first document stays). A killed writer leaves at worst the ``*.partial`` file.
+    """
+    tmp = f"{final}.{os.urandom(8).hex()}.partial"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(text)
+        if replace:
+            os.replace(tmp, final)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def _write_document(folder: str, text: bytes) -> None:
     """Replace whatever is at ``folder`` by an array whose metadata is ``text``."""
     if os.path.lexists(folder):  # ``overwrite``: an array left by an interrupted append
@@ -89,16 +110,7 @@ def _write_document(folder: str, text: bytes) -> None:
         else:
             os.unlink(folder)
     os.makedirs(folder)
-    final = os.path.join(folder, "zarr.json")
-    tmp = f"{final}.{os.urandom(8).hex()}.partial"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(text)
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _publish(os.path.join(folder, "zarr.json"), text, replace=True)
 
 
 def _group_document() -> bytes:
@@ -113,8 +125,7 @@ def _ensure_groups(folder: str, names: list[str]) -> None:
     """Write an empty group's metadata at each of ``folder/names[0]/names[1]/...`` lacking one.
 
     Like zarr's own parent writes, an existing ``zarr.json`` is left as it is, and
-    two writers creating the same group at once both succeed: the document goes to
-    a temporary file linked to its name only where no document is.
+    two writers creating the same group at once both succeed.
     """
     path = folder
     text: bytes | None = None
@@ -125,15 +136,7 @@ def _ensure_groups(folder: str, names: list[str]) -> None:
             continue
         os.makedirs(path, exist_ok=True)
         text = text if text is not None else _group_document()
-        tmp = f"{final}.{os.urandom(8).hex()}.partial"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(text)
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, final)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        _publish(final, text, replace=False)
 
 
 async def create_local_array(
@@ -165,7 +168,7 @@ async def create_local_array(
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.metadata.v3 import ArrayV3Metadata
 
-    folder = _local_dir(base)
+    folder = None if base.store.read_only else local_dir(base)
     key = _kind_key(spec)
     parts = name.split("/")
     if folder is None or key is None or any(p in ("", ".", "..") for p in parts):

@@ -32,7 +32,7 @@ from zarr.codecs import BloscCodec
 from ndt_store._chunk_codecs import check_blosc_header as _check_blosc_header
 from ndt_store._chunk_codecs import check_raw_size as _check_raw_size
 from ndt_store._entry_format import FRAME_ATTR
-from ndt_store._fast_create import create_local_array
+from ndt_store._fast_create import create_local_array, local_dir
 from ndt_store.errors import CorruptStoreError, InputError
 
 COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
@@ -791,12 +791,7 @@ READ_AHEAD_MIN_CHUNK = 2**20
 
 def _local_root(arr: Any) -> str | None:
     """Directory holding ``arr``'s chunk keys when it lives in a local store."""
-    from zarr.storage import LocalStore
-
-    store, path = arr.store_path.store, arr.store_path.path
-    if not isinstance(store, LocalStore):
-        return None
-    return os.path.join(str(store.root), path) if path else str(store.root)
+    return local_dir(arr.store_path)
 
 
 def _read_raw_chunk(arr: Any, key: str, filename: str) -> np.ndarray:
