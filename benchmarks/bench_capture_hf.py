@@ -315,7 +315,27 @@ def main() -> None:
         help="diagnosis: replace the Phase 1 eigendecompositions by constants (metrics are "
         "wrong) to see how much of the overhead they are; results are not written",
     )
+    p.add_argument(
+        "--writer-nice",
+        type=int,
+        metavar="N",
+        help="diagnosis: run the Recorder's writer thread (where the spectra are computed) at "
+        "scheduling priority nice N, to see whether it takes CPU time from training; results "
+        "are not written",
+    )
     args = p.parse_args()
+    if args.writer_nice is not None:
+        import threading
+
+        from ndt_store.capture.writer import BackgroundWriter
+
+        run_writer = BackgroundWriter._run
+
+        def niced(self: Any) -> None:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), args.writer_nice)
+            run_writer(self)
+
+        BackgroundWriter._run = niced  # type: ignore[method-assign]
     if args.skip_spectra:
         import ndt_store.capture.metrics as metrics
 
@@ -323,7 +343,8 @@ def main() -> None:
             return [torch.ones(min(a.shape[0], a[0].numel()), dtype=torch.float64) for a in acts]
 
         metrics.gram_singular_values = constant  # the writer looks it up at each record
-    measure(args.steps, args.repeats, args.queue_mib, write=not args.skip_spectra)
+    diagnosis = args.skip_spectra or args.writer_nice is not None
+    measure(args.steps, args.repeats, args.queue_mib, write=not diagnosis)
 
 
 if __name__ == "__main__":
