@@ -1,7 +1,10 @@
-"""Recording a Hugging Face GPT-2-style model on CPU: overhead, bytes and memory.
+"""Recording a Hugging Face GPT-2-style model: overhead, bytes and memory.
 
-A 4-layer, width-128 ``transformers`` GPT-2 (vocabulary 512, random init) trained
-with AdamW on 16 x 64-token batches (a training step takes >= 100 ms here).
+On the CPU (the default): a 4-layer, width-128 ``transformers`` GPT-2 (vocabulary 512,
+random init) trained with AdamW on 16 x 64-token batches (a training step takes
+>= 100 ms here). With ``--device cuda``: an 8-layer, width-512 GPT-2 (vocabulary 8,192,
+16 x 256-token batches, probe 8 x 256) on the GPU, where the Phase 1 spectra are computed
+on the device; results go to ``capture_hf_cuda.json``.
 Measured in one process, loops interleaved (plain, recorded, plain, ...; the
 machine is shared and noisy), medians over repeats:
 
@@ -18,8 +21,9 @@ machine is shared and noisy), medians over repeats:
   ``--queue-mib``: the queue's peak bytes and the process's peak RSS.
 
 Run:  python benchmarks/bench_capture_hf.py [--steps 60] [--repeats 3] [--skip-spectra]
+      python benchmarks/bench_capture_hf.py --device cuda   (on a machine with a GPU)
 
-Prints a table and writes benchmarks/results/capture_hf.json.
+Prints a table and writes benchmarks/results/capture_hf.json (capture_hf_cuda.json).
 """
 
 from __future__ import annotations
@@ -41,23 +45,39 @@ import ndt_store
 from ndt_store.capture import JumpPolicy, Recorder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "capture_hf.json"
-BATCH, SEQ, VOCAB, PROBE = 16, 64, 512, 8
+# model and batch sizes per device: (layers, width, heads, vocab, batch, seq, probe)
+SIZES = {"cpu": (4, 128, 4, 512, 16, 64, 8), "cuda": (8, 512, 8, 8192, 16, 256, 8)}
+DEVICE = torch.device("cpu")
+N_LAYER, WIDTH, N_HEAD, VOCAB, BATCH, SEQ, PROBE = SIZES["cpu"]
+
+
+def _use_device(name: str) -> None:
+    global DEVICE, N_LAYER, WIDTH, N_HEAD, VOCAB, BATCH, SEQ, PROBE, RESULTS
+    DEVICE = torch.device(name)
+    N_LAYER, WIDTH, N_HEAD, VOCAB, BATCH, SEQ, PROBE = SIZES[DEVICE.type]
+    if DEVICE.type != "cpu":
+        RESULTS = RESULTS.with_name(f"capture_hf_{DEVICE.type}.json")
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def build_model() -> Any:
     import transformers
 
     cfg = transformers.GPT2Config(
-        n_layer=4,
-        n_embd=128,
-        n_head=4,
+        n_layer=N_LAYER,
+        n_embd=WIDTH,
+        n_head=N_HEAD,
         vocab_size=VOCAB,
         n_positions=SEQ,
         bos_token_id=0,
         eos_token_id=0,
     )
     torch.manual_seed(0)
-    return transformers.GPT2LMHeadModel(cfg)
+    return transformers.GPT2LMHeadModel(cfg).to(DEVICE)
 
 
 def _batches(n: int) -> list[torch.Tensor]:
@@ -67,12 +87,12 @@ def _batches(n: int) -> list[torch.Tensor]:
     for _ in range(n):
         start = torch.randint(0, VOCAB, (BATCH, 1), generator=g)
         steps = torch.randint(1, 4, (BATCH, SEQ), generator=g).cumsum(1)
-        out.append((start + steps) % VOCAB)
+        out.append(((start + steps) % VOCAB).to(DEVICE))
     return out
 
 
 def _probe() -> torch.Tensor:
-    return _batches(1)[0][:PROBE]
+    return _batches(1)[0][:PROBE].cpu()
 
 
 def _loop(mode: str, steps: int, root: Path, tag: str) -> dict[str, Any]:
@@ -89,6 +109,7 @@ def _loop(mode: str, steps: int, root: Path, tag: str) -> dict[str, Any]:
             store, "bench", model, probe=_probe(), every=5, jump_snapshots=jumps, tokens=tokens
         )
         rec.__enter__()
+    _sync()
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         for step in range(steps):
@@ -99,6 +120,7 @@ def _loop(mode: str, steps: int, root: Path, tag: str) -> dict[str, Any]:
             if rec is not None:
                 rec.step(step, loss=loss)
             opt.zero_grad()
+        _sync()
         elapsed = time.perf_counter() - t0
     finally:
         if rec is not None:
@@ -175,7 +197,8 @@ def _burst(root: Path, steps: int, queue_mib: int) -> dict[str, Any]:
 
 
 def measure(steps: int, repeats: int, queue_mib: int, *, write: bool) -> dict[str, Any]:
-    torch.set_num_threads(1)
+    if DEVICE.type == "cpu":
+        torch.set_num_threads(1)
     modes = ("plain", "defaults", "tokens_off", "plain2", "jumps")
     times: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
@@ -191,7 +214,7 @@ def measure(steps: int, repeats: int, queue_mib: int, *, write: bool) -> dict[st
                 if mode == "jumps":
                     jumps_made.append(got["jump_snapshots"])
         snap = _snapshot_bytes(root)
-        burst = _burst(root, 20, queue_mib)
+        burst = _burst(root, 20 if DEVICE.type == "cpu" else 10, queue_mib)
     # paired: each recorded loop against the plain loop run just before it
     over_defaults = [d / p - 1 for d, p in zip(times["defaults"], times["plain"], strict=True)]
     over_jumps = [j / p - 1 for j, p in zip(times["jumps"], times["plain2"], strict=True)]
@@ -211,10 +234,11 @@ def measure(steps: int, repeats: int, queue_mib: int, *, write: bool) -> dict[st
         "machine": {
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "threads": 1,
+            "threads": torch.get_num_threads(),
             "cpus": len(os.sched_getaffinity(0)),
+            "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
         },
-        "model": f"GPT-2 4 layers x 128, vocab {VOCAB}, batch {BATCH} x {SEQ} tokens, "
+        "model": f"GPT-2 {N_LAYER} layers x {WIDTH}, vocab {VOCAB}, batch {BATCH} x {SEQ} tokens, "
         f"probe {PROBE} x {SEQ}",
         "steps": steps,
         "repeats": repeats,
@@ -230,9 +254,12 @@ def measure(steps: int, repeats: int, queue_mib: int, *, write: bool) -> dict[st
         "snapshot": snap,
         "burst": burst,
         "command": f"python benchmarks/bench_capture_hf.py --steps {steps} --repeats {repeats} "
-        f"--queue-mib {queue_mib}",
+        f"--queue-mib {queue_mib}" + (f" --device {DEVICE.type}" if DEVICE.type != "cpu" else ""),
     }
-    print(result["model"] + f", {steps} steps x {repeats} repeats, torch threads 1")
+    print(
+        result["model"] + f", {steps} steps x {repeats} repeats on {result['machine']['device']}"
+        f", torch threads {result['machine']['threads']}"
+    )
     print(
         f"plain {ms['plain']:.1f} ms/step; defaults {ms['defaults']:.1f} "
         f"({100 * result['overhead_defaults']:.1f}% paired); jumps {ms['jumps']:.1f} "
@@ -310,6 +337,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--queue-mib", type=int, default=48)
     p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="where the model trains; cuda uses a larger model (see the module docstring)",
+    )
+    p.add_argument(
         "--skip-spectra",
         action="store_true",
         help="diagnosis: replace the Phase 1 eigendecompositions by constants (metrics are "
@@ -324,6 +357,7 @@ def main() -> None:
         "are not written",
     )
     args = p.parse_args()
+    _use_device(args.device)
     if args.writer_nice is not None:
         import threading
 
