@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -522,3 +524,81 @@ def test_resume_with_a_snapshot_but_no_phase1_record_starts_at_step_zero(
     assert store.phase1("snap0")[D.STEP].values.tolist() == [0, 1, 2]
     assert store.snapshot_steps("snap0") == [0]
     np.testing.assert_array_equal(store.weights("snap0")["0.weight"].sel(step=0).values, before)
+
+
+class _Sleepy(nn.Module):
+    """A linear model that sleeps in train mode (training) or eval mode (the probe)."""
+
+    def __init__(self, train_s: float, probe_s: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.train_s, self.probe_s = train_s, probe_s
+
+    def forward(self, x):
+        time.sleep(self.train_s if self.training else self.probe_s)
+        return self.fc(x)
+
+
+def _run_sleepy(tmp_path, name: str, train_s: float, probe_s: float, steps: int = 6):
+    model = _Sleepy(train_s, probe_s)
+    store = ndt_store.open_store(tmp_path / "s.zarr")
+    x = torch.randn(5, 4)
+    with Recorder(store, name, model, probe=x, every=1, metrics_from="probe") as rec:
+        for step in range(steps):
+            model.train()
+            model(x).sum().backward()
+            rec.step(step)
+    return rec, store.metadata(name)["capture"]["training_thread_cost"]
+
+
+def test_recording_that_holds_training_back_is_reported_once(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="ndt_store.capture"):
+        rec, cost = _run_sleepy(tmp_path, "slow", train_s=0.0, probe_s=0.03)
+    warned = [r.message for r in caplog.records if "to the training time" in r.message]
+    assert len(warned) == 1, warned  # once, not at every step
+    assert "slow:" in warned[0] and "every=" in warned[0] and "tokens=False" in warned[0]
+    # each step() held the thread >= 30 ms (the probe) against ~0 ms of training
+    assert cost["recorder_seconds"] >= 6 * 0.03 and cost["share"] > 1.0
+    assert cost["steps"] == cost["records"] == cost["phase1_records"] == 6
+    assert cost == rec.cost.as_dict()
+
+
+def test_cheap_recording_is_not_reported(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="ndt_store.capture"):
+        _, cost = _run_sleepy(tmp_path, "fast", train_s=0.03, probe_s=0.0)
+    assert not [r for r in caplog.records if "to the training time" in r.message]
+    # five gaps of >= 30 ms of training between six step() calls
+    assert cost["training_seconds"] >= 5 * 0.03 and 0 <= cost["share"] < 0.25
+
+
+def test_writer_spectra_run_numpy_blas_on_one_thread_only(tmp_path, monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from ndt_store.capture import writer
+
+    def numpy_blas() -> list[int]:
+        return [
+            i["num_threads"]
+            for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas" and "numpy" in i["filepath"]
+        ]
+
+    before = numpy_blas()
+    if not before:
+        pytest.skip("threadpoolctl finds no BLAS bundled with numpy in this install")
+    seen: list[list[int]] = []
+    kernel = writer._kd.gram_singular_values
+
+    def spy(mats):
+        seen.append(numpy_blas())
+        return kernel(mats)
+
+    monkeypatch.setattr(writer._kd, "gram_singular_values", spy)
+    model = TinyTransformer()
+    x, _ = _data(8)
+    store = ndt_store.open_store(tmp_path / "s.zarr")
+    with Recorder(store, "blas", model, probe=x, every=1, metrics_from="probe") as rec:
+        for step in range(3):
+            rec.step(step)
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert numpy_blas() == before  # restored after each batch
+    assert np.isfinite(store.phase1("blas")[D.STABLE_RANK].values).all()

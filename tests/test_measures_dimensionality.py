@@ -87,6 +87,28 @@ def test_zero_and_empty_matrices_give_zero() -> None:
     assert empty == [0.0, 0.0, 0.0, 0.0]
 
 
+def test_gram_singular_values_match_an_svd() -> None:
+    rng = np.random.default_rng(3)
+    tall = rng.standard_normal((40, 6)) * np.logspace(0, -3, 6)  # spread over 3 decades
+    wide = rng.standard_normal((5, 30)).astype(np.float32)
+    low = rng.standard_normal((30, 4))
+    deficient = np.hstack([low, low @ rng.standard_normal((4, 4))])  # rank 4 of 8
+    bad = rng.standard_normal((7, 3))
+    bad[2, 1] = np.inf
+    mats = [tall, wide, deficient, tall[::-1] * 2, np.zeros((0, 3)), bad, np.ones((3, 3))]
+    got = kd.gram_singular_values(mats)
+    for m, s in zip(mats[:5], got[:5], strict=True):
+        want = np.linalg.svd(np.asarray(m, np.float64), compute_uv=False)
+        assert s.shape == (min(m.shape),) and s.dtype == np.float64
+        top = want[0] if want.size else 1.0
+        np.testing.assert_allclose(s, want, rtol=0, atol=1e-7 * top)
+    assert np.all(got[2][4:] < 1e-7 * got[2][0])  # the zero singular values stay ~zero
+    assert got[5].shape == (3,) and np.isnan(got[5]).all()  # non-finite: NaN, others fine
+    np.testing.assert_allclose(got[6], [3.0, 0.0, 0.0], atol=1e-7)
+    with pytest.raises(ValueError, match="2-D"):
+        kd.gram_singular_values([np.ones(3)])
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     hnp.arrays(

@@ -23,6 +23,7 @@ from typing import Any, overload
 import numpy as np
 
 from ndt_store import _dims as D
+from ndt_store.capture.cost import RecordingCost
 from ndt_store.capture.hooks import (
     attention_modules,
     capture_attention,
@@ -354,6 +355,8 @@ class Recorder:
         self._batch_hooks: ExitStack | None = None
         self._batch_outs: dict[str, Any] = {}
         self._batch_fallbacks = 0
+        self.cost = RecordingCost()
+        """What recording has cost the training thread so far (:class:`RecordingCost`)."""
         self._deferred: queue.SimpleQueue[tuple[DeferredSnapshot, dict[str, Any]]]
         self._deferred = queue.SimpleQueue()
 
@@ -912,6 +915,7 @@ class Recorder:
             raise InputError(
                 f"steps must increase: got {step} after {self._last_step}", field="step"
             )
+        start = time.perf_counter()
         batch = self._disarm() if self.metrics_from == "batch" else {}
         try:
             if self.jumps is not None:
@@ -920,6 +924,28 @@ class Recorder:
         finally:
             if self.metrics_from == "batch" and (step + 1) % self.every == 0:
                 self._arm()
+            self.cost.add_step(start, time.perf_counter())
+            self._warn_if_costly()
+
+    def _warn_if_costly(self) -> None:
+        """Warn once when recording holds training back by more than a quarter."""
+        c = self.cost
+        if not c.should_warn():
+            return
+        log.warning(
+            "%s: recording has added %.0f%% to the training time so far: Phase 1 metrics "
+            "%.0f ms per record (every %d steps, %d layers), probe forwards and snapshots "
+            "%.0f ms per record, against %.1f ms per training step. To spend less: a larger "
+            "every=, tokens=False, metric_samples=, fewer layers=, or fewer snapshots "
+            "(docs: 'Recording real models', overhead)",
+            self.experiment,
+            100 * c.share,
+            1e3 * c.phase1_seconds / max(1, c.phase1_records),
+            self.every,
+            len(self.layers),
+            1e3 * (c.seconds - c.phase1_seconds) / c.records,
+            1e3 * c.training_seconds / max(1, c.steps - 1),
+        )
 
     def _record(
         self, step: int, loss: Any, grad_norm: Any, epoch: int | None, batch: dict[str, Any]
@@ -960,6 +986,7 @@ class Recorder:
         # the budget counts a deferred snapshot as the full snapshot it stands for
         kept = DeferredSnapshot(step, self._kept_state(), self._est["snapshot"]) if ring else None
         if measure:
+            started = time.perf_counter()
             k = self.metric_samples
             acts = [
                 self._metric_view(n, batch[n] if from_batch else outs[n][:k]) for n in self.layers
@@ -971,7 +998,8 @@ class Recorder:
                 PendingRecord(
                     step,
                     # CPU: the writer thread does the eigendecompositions (in parallel
-                    # with training); accelerators: they are cheap where the data are
+                    # with training); accelerators: on the device, where the data are
+                    # (on a GPU they hold the training thread: see RecordingCost)
                     [] if on_cpu else [to_host(s) for s in gram_singular_values(acts)],
                     loss=_host_scalar(loss),
                     grad_norm=_host_scalar(grad_norm),
@@ -982,6 +1010,9 @@ class Recorder:
                     activations=[HostTensor(a) for a in acts] if on_cpu else None,
                 )
             )
+            self.cost.phase1_seconds += time.perf_counter() - started
+            self.cost.phase1_records += 1
+        self.cost.records += 1
         return True
 
     def snapshot(self, step: int, **info: Any) -> None:
@@ -1106,6 +1137,8 @@ class Recorder:
                     "skipped_steps": list(self.skipped_snapshots),
                 },
                 "peak_queue_bytes": None if w is None else w.peak_queued_bytes,
+                "writer_metric_seconds": None if w is None else round(w.metric_seconds, 4),
+                "training_thread_cost": self.cost.as_dict(),
             }
         )
         if self.jumps is not None:

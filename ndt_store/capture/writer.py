@@ -20,12 +20,14 @@ next ``put``, ``flush`` or ``close``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,6 +102,40 @@ def to_host(tensor: Any) -> HostTensor:
     if t.device.type != "cpu":
         return HostTensor(t.to("cpu"))
     return HostTensor(t.clone())
+
+
+_NUMPY_BLAS: Any = None
+
+
+def _numpy_blas_on_one_thread() -> contextlib.AbstractContextManager[Any]:
+    """numpy's own BLAS limited to one thread for the duration (the writer's spectra).
+
+    The writer works beside training: with its default of one thread per core,
+    OpenBLAS would take every core and its idle threads spin, which costs training
+    about as much CPU again (``benchmarks/bench_spectra.py``). Only the BLAS library
+    numpy loaded is limited (``threadpoolctl``), never torch's, and only while the
+    block runs; without ``threadpoolctl`` nothing is limited.
+    """
+    global _NUMPY_BLAS
+    if _NUMPY_BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - a declared dependency
+            _NUMPY_BLAS = False
+        else:
+            ctl = ThreadpoolController()
+            mine = [
+                c.filepath
+                for c in ctl.lib_controllers
+                if c.user_api == "blas" and "numpy" in Path(c.filepath).parent.name
+            ]
+            _NUMPY_BLAS = ctl.select(filepath=mine) if mine else False
+    return _NUMPY_BLAS.limit(limits=1) if _NUMPY_BLAS else contextlib.nullcontext()
+
+
+def _as_matrix(a: np.ndarray) -> np.ndarray:
+    """``(samples, features...)`` as ``samples × features`` (a 0-d value as 1 × 1)."""
+    return a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, 1)
 
 
 def _numpy(value: Any) -> Any:
@@ -274,6 +310,8 @@ class BackgroundWriter:
         self.records_written = 0
         self.snapshots_written: list[int] = []
         self.append_seconds = 0.0
+        self.metric_seconds = 0.0
+        """Seconds spent computing Phase 1 metrics here (models on the CPU)."""
         self.snapshot_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="ndt-store-writer", daemon=True)
         self._thread.start()
@@ -385,10 +423,12 @@ class BackgroundWriter:
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         if not pending:
             return
-        from ndt_store.capture.metrics import gram_singular_values
-
-        acts = [h.tensor for r in pending if r.activations is not None for h in r.activations]
-        computed = iter(s.numpy() for s in gram_singular_values(acts))
+        t0 = time.perf_counter()
+        # numpy, not torch, on the host: its `A.T @ A` is a symmetric rank-k update (half
+        # the work of torch's product) and its eigvalsh is faster (benchmarks/bench_spectra.py)
+        acts = [_as_matrix(h.numpy()) for r in pending for h in r.activations or ()]
+        with _numpy_blas_on_one_thread():
+            computed = iter(_kd.gram_singular_values(acts))
         spectra: list[np.ndarray] = []
         for r in pending:
             if r.activations is not None:
@@ -396,6 +436,7 @@ class BackgroundWriter:
             else:
                 spectra.extend(h.numpy() for h in r.spectra)
         metrics = metrics_from_spectra(spectra).reshape(len(pending), -1, len(D.PHASE1_METRICS))
+        self.metric_seconds += time.perf_counter() - t0
         for rec, m in zip(pending, metrics, strict=True):
             self._buffer.append(
                 (rec.step, m, _scalar(rec.loss), _scalar(rec.grad_norm), int(rec.epoch))
