@@ -144,6 +144,11 @@ def test_gpt2_on_cuda_stores_what_direct_forwards_give(tmp_path, attn):
     # every step measured; losses are the training losses (host scalars)
     assert ds[D.STEP].values.tolist() == [0, 2, 4]
     assert np.isfinite(ds["loss"].values).all()
+    # on a GPU the spectra are computed on the training thread, and timed there
+    # (step 0 is the warm-up, counted apart: steps 1-5 and the records at 2 and 4 count)
+    cost = meta["capture"]["training_thread_cost"]
+    assert cost["phase1_records"] == 2 and cost["steps"] == 5 and cost["warmup_seconds"] > 0
+    assert 0 < cost["phase1_seconds"] <= cost["recorder_seconds"]
 
 
 def _train(make, batches, loss_fn, *, record=None, store=None, probe=None, steps=6):

@@ -557,18 +557,21 @@ def test_recording_that_holds_training_back_is_reported_once(tmp_path, caplog):
     warned = [r.message for r in caplog.records if "to the training time" in r.message]
     assert len(warned) == 1, warned  # once, not at every step
     assert "slow:" in warned[0] and "every=" in warned[0] and "tokens=False" in warned[0]
-    # each step() held the thread >= 30 ms (the probe) against ~0 ms of training
-    assert cost["recorder_seconds"] >= 6 * 0.03 and cost["share"] > 1.0
-    assert cost["steps"] == cost["records"] == cost["phase1_records"] == 6
+    # each step() held the thread >= 30 ms (the probe) against ~0 ms of training; the
+    # first record is the warm-up, counted apart
+    assert cost["recorder_seconds"] >= 5 * 0.03 and cost["warmup_seconds"] >= 0.03
+    assert cost["share"] > 1.0
+    assert cost["steps"] == cost["records"] == cost["phase1_records"] == 5
     assert cost == rec.cost.as_dict()
 
 
 def test_cheap_recording_is_not_reported(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ndt_store.capture"):
-        _, cost = _run_sleepy(tmp_path, "fast", train_s=0.03, probe_s=0.0)
+        _, cost = _run_sleepy(tmp_path, "fast", train_s=0.1, probe_s=0.0)
     assert not [r for r in caplog.records if "to the training time" in r.message]
-    # five gaps of >= 30 ms of training between six step() calls
-    assert cost["training_seconds"] >= 5 * 0.03 and 0 <= cost["share"] < 0.25
+    # five gaps of >= 100 ms of training between six step() calls (a probe forward of a
+    # linear layer takes a few ms even on a loaded machine)
+    assert cost["training_seconds"] >= 5 * 0.1 and 0 <= cost["share"] < 0.25
 
 
 def test_writer_spectra_run_numpy_blas_on_one_thread_only(tmp_path, monkeypatch):

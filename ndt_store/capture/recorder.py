@@ -356,6 +356,9 @@ class Recorder:
         self._batch_outs: dict[str, Any] = {}
         self._batch_fallbacks = 0
         self.cost = RecordingCost()
+        # this step() call's: whether it captured, and its Phase 1 seconds (for self.cost)
+        self._captured: bool = False
+        self._phase1: float | None = None
         """What recording has cost the training thread so far (:class:`RecordingCost`)."""
         self._deferred: queue.SimpleQueue[tuple[DeferredSnapshot, dict[str, Any]]]
         self._deferred = queue.SimpleQueue()
@@ -916,6 +919,7 @@ class Recorder:
                 f"steps must increase: got {step} after {self._last_step}", field="step"
             )
         start = time.perf_counter()
+        self._captured, self._phase1 = False, None
         batch = self._disarm() if self.metrics_from == "batch" else {}
         try:
             if self.jumps is not None:
@@ -924,7 +928,8 @@ class Recorder:
         finally:
             if self.metrics_from == "batch" and (step + 1) % self.every == 0:
                 self._arm()
-            self.cost.add_step(start, time.perf_counter())
+            end = time.perf_counter()
+            self.cost.add_step(start, end, captured=self._captured, phase1=self._phase1)
             self._warn_if_costly()
 
     def _warn_if_costly(self) -> None:
@@ -943,8 +948,8 @@ class Recorder:
             1e3 * c.phase1_seconds / max(1, c.phase1_records),
             self.every,
             len(self.layers),
-            1e3 * (c.seconds - c.phase1_seconds) / c.records,
-            1e3 * c.training_seconds / max(1, c.steps - 1),
+            1e3 * (c.seconds - c.phase1_seconds) / max(1, c.records),
+            1e3 * c.training_seconds / max(1, c.steps),
         )
 
     def _record(
@@ -1010,9 +1015,8 @@ class Recorder:
                     activations=[HostTensor(a) for a in acts] if on_cpu else None,
                 )
             )
-            self.cost.phase1_seconds += time.perf_counter() - started
-            self.cost.phase1_records += 1
-        self.cost.records += 1
+            self._phase1 = time.perf_counter() - started
+        self._captured = True
         return True
 
     def snapshot(self, step: int, **info: Any) -> None:
