@@ -458,8 +458,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":  # one measurement, in a subprocess
         _child_main(sys.argv[2:])
     else:
-        for row in run(quick=True):
-            print(row)
+        from _script import main
+
+        main(run, __doc__)

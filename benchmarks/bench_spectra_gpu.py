@@ -178,6 +178,11 @@ def overlap(steps: int = 40, every: int = 5) -> dict[str, float]:
 RESULTS = Path(__file__).resolve().parent / "results" / "spectra_gpu.json"
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "cpus": os.cpu_count()}
     result.update(kernels())
     result.update(overlap())

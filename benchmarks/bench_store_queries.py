@@ -177,5 +177,6 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    for row in run(quick=True):
-        print(row)
+    from _script import main
+
+    main(run, __doc__)

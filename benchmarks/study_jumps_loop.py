@@ -47,4 +47,7 @@ def main(folder: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):  # no argparse: a timed baseline
+        print("usage: python benchmarks/study_jumps_loop.py JSON_DIR > jumps.csv\n\n" + __doc__)
+        sys.exit(0 if sys.argv[1:] in (["-h"], ["--help"]) else 2)
     main(sys.argv[1])

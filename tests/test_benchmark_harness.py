@@ -90,3 +90,25 @@ def test_paired_ratio_is_the_median_of_same_round_ratios() -> None:
     # best-of compares the luckiest runs: here the same 0.9, by construction
     best = ooc._best(by_threads, "ndt")["nbytes"] / ooc._best(by_threads, "ndt")["seconds"]
     assert best / 3.0e9 == pytest.approx(0.9)
+
+
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_benchmark_script_answers_help_without_running(script: str) -> None:
+    import subprocess
+
+    text = (BENCH / script).read_text()
+    if "\nimport torch" in text:
+        pytest.importorskip("torch")
+    got = subprocess.run(
+        [sys.executable, str(BENCH / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=BENCH,
+    )
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert got.stdout.startswith("usage:"), got.stdout[:500]
+    assert "Traceback" not in got.stderr
