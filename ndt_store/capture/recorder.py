@@ -356,10 +356,8 @@ class Recorder:
         self._batch_outs: dict[str, Any] = {}
         self._batch_fallbacks = 0
         self.cost = RecordingCost()
-        # this step() call's: whether it captured, and its Phase 1 seconds (for self.cost)
-        self._captured: bool = False
-        self._phase1: float | None = None
         """What recording has cost the training thread so far (:class:`RecordingCost`)."""
+        self._phase1: float | None = None  # this step() call's Phase 1 seconds, for self.cost
         self._deferred: queue.SimpleQueue[tuple[DeferredSnapshot, dict[str, Any]]]
         self._deferred = queue.SimpleQueue()
 
@@ -413,7 +411,8 @@ class Recorder:
         Examples
         --------
         >>> import torch, torch.nn as nn
-        >>> est = Recorder.estimate(nn.Linear(4, 3), torch.zeros(8, 4), snapshot_steps=[0, 10])
+        >>> model = nn.Sequential(nn.Linear(4, 3))
+        >>> est = Recorder.estimate(model, torch.zeros(8, 4), snapshot_steps=[0, 10])
         >>> est["snapshot_weights"], est["snapshot_activations"], est["snapshot"]
         (60, 96, 156)
         """
@@ -919,17 +918,19 @@ class Recorder:
                 f"steps must increase: got {step} after {self._last_step}", field="step"
             )
         start = time.perf_counter()
-        self._captured, self._phase1 = False, None
+        self._phase1 = None
+        captured = False
         batch = self._disarm() if self.metrics_from == "batch" else {}
         try:
             if self.jumps is not None:
                 self._make_deferred()
-            return self._record(step, loss, grad_norm, epoch, batch)
+            captured = self._record(step, loss, grad_norm, epoch, batch)
+            return captured
         finally:
             if self.metrics_from == "batch" and (step + 1) % self.every == 0:
                 self._arm()
             end = time.perf_counter()
-            self.cost.add_step(start, end, captured=self._captured, phase1=self._phase1)
+            self.cost.add_step(start, end, captured=captured, phase1=self._phase1)
             self._warn_if_costly()
 
     def _warn_if_costly(self) -> None:
@@ -1016,7 +1017,6 @@ class Recorder:
                 )
             )
             self._phase1 = time.perf_counter() - started
-        self._captured = True
         return True
 
     def snapshot(self, step: int, **info: Any) -> None:
