@@ -83,7 +83,7 @@ def build_model(name: str) -> Any:
     Examples
     --------
     >>> sum(p.numel() for p in build_model("mlp_narrow_digits").parameters())
-    5674
+    5578
     """
     torch = require("torch", "torch")
     nn = torch.nn
